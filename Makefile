@@ -1,0 +1,32 @@
+# Newcomer entry points: `make quickstart` and `make test` (each sets up .venv first if needed).
+PYTHON ?= python3.11
+VENV ?= .venv
+EXTRAS ?= cpu,dev
+
+.PHONY: setup quickstart test lint format tiny-model clean
+
+setup: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml scripts/setup_venv.sh
+	PYTHON=$(PYTHON) EXTRAS=$(EXTRAS) scripts/setup_venv.sh $(VENV)
+
+quickstart: setup
+	$(VENV)/bin/expo-data run data/quickstart.yaml --force-new
+	$(VENV)/bin/expo-data inspect runs/quickstart --rows 2
+
+test: setup
+	$(VENV)/bin/python -m pytest
+
+lint: setup
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+format: setup
+	$(VENV)/bin/ruff format .
+	$(VENV)/bin/ruff check --fix .
+
+tiny-model: setup
+	$(VENV)/bin/expo-data tiny-model build
+
+clean:
+	rm -rf runs .pytest_cache
