@@ -1,0 +1,119 @@
+"""The run directory: where every table lands, written atomically and read back with its schema.
+
+A file either exists complete or not at all (write to a temp file in the same folder, fsync, rename),
+so a crash at any point leaves no half-written table for a rerun or a reader to trip over.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+import schemas
+
+SHARD_KEY_META = b"expo_data.shard_key"
+
+
+def atomic_write(path: Path, write: Any) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        write(tmp)
+        with open(tmp, "rb") as fh:
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def write_parquet(table: pa.Table, path: str | Path, extra_meta: dict[bytes, bytes] | None = None) -> Path:
+    path = Path(path)
+    if extra_meta:
+        table = table.replace_schema_metadata({**(table.schema.metadata or {}), **extra_meta})
+    atomic_write(path, lambda tmp: pq.write_table(table, tmp, compression="zstd"))
+    return path
+
+
+def write_json(obj: Any, path: str | Path) -> Path:
+    path = Path(path)
+    text = json.dumps(obj, indent=2, sort_keys=False, default=str) + "\n"
+
+    def write(tmp: str) -> None:
+        with open(tmp, "w", encoding="utf-8") as fh:
+            fh.write(text)
+
+    atomic_write(path, write)
+    return path
+
+
+def parquet_files(path: str | Path) -> list[Path]:
+    path = Path(path)
+    if path.is_file():
+        return [path]
+    if path.is_dir():
+        return sorted(p for p in path.glob("*.parquet") if not p.name.startswith("."))
+    raise FileNotFoundError(f"no such table file or folder: {path}")
+
+
+def read_table(path: str | Path, name: str) -> pa.Table:
+    """All Parquet files of one table (a file or a folder of shards), checked against its schema."""
+    files = parquet_files(path)
+    if not files:
+        return schemas.empty(name)
+    tables = []
+    for f in files:
+        t = pq.read_table(f)
+        schemas.check(t.schema, name, where=str(f))
+        tables.append(t.select(schemas.schema(name).names).cast(schemas.schema(name)))
+    return pa.concat_tables(tables)
+
+
+def file_meta(path: str | Path, key: bytes) -> str | None:
+    meta = pq.read_schema(path).metadata or {}
+    value = meta.get(key)
+    return value.decode() if value is not None else None
+
+
+class RunDir:
+    """Paths of one run. Names here are fixed by us, never derived from input data."""
+
+    def __init__(self, root: str | Path):
+        self.root = Path(root)
+
+    @property
+    def run_json(self) -> Path:
+        return self.root / "run.json"
+
+    @property
+    def problems(self) -> Path:
+        return self.root / "problems" / "problems.parquet"
+
+    @property
+    def problems_rejected(self) -> Path:
+        return self.root / "problems_rejected" / "problems_rejected.parquet"
+
+    @property
+    def samples(self) -> Path:
+        return self.root / "samples"
+
+    def shard(self, index: int) -> Path:
+        return self.samples / f"shard-{index:05d}.parquet"
+
+    def shard_done(self, index: int, key: str) -> bool:
+        """Done means: the file exists (so it is complete) and was written for this very key."""
+        path = self.shard(index)
+        return path.exists() and file_meta(path, SHARD_KEY_META) == key
+
+    def load_run_json(self) -> dict[str, Any] | None:
+        if not self.run_json.exists():
+            return None
+        return json.loads(self.run_json.read_text())

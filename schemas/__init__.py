@@ -1,0 +1,158 @@
+"""Arrow schemas of every table expo-data writes: the one place a column is defined.
+
+Writers build tables with :func:`schema`; readers call :func:`check` so a table written by another
+version, or a folder of something else, fails with a message naming the table and the columns, not a
+KeyError deep inside a trainer. Each schema carries its table name and version in its metadata.
+"""
+
+from __future__ import annotations
+
+import pyarrow as pa
+
+META_TABLE = b"expo_data.table"
+META_VERSION = b"expo_data.schema_version"
+
+MESSAGE = pa.struct([pa.field("role", pa.string()), pa.field("content", pa.string())])
+MESSAGES = pa.list_(MESSAGE)
+
+
+def _schema(name: str, version: int, fields: list[pa.Field]) -> pa.Schema:
+    return pa.schema(fields, metadata={META_TABLE: name.encode(), META_VERSION: str(version).encode()})
+
+
+PROBLEMS = _schema(
+    "problems",
+    1,
+    [
+        pa.field("problem_id", pa.string(), nullable=False),
+        pa.field("question", pa.string(), nullable=False),
+        pa.field("answer", pa.string(), nullable=False),  # gold, as written by the source
+        pa.field("expert_solution", pa.string()),
+        pa.field("level", pa.int8()),  # 1-5 for MATH; null where the source has none
+        pa.field("subject", pa.string()),
+        pa.field("source", pa.string(), nullable=False),  # file path or hub id[:config]/split
+        pa.field("source_row", pa.int64(), nullable=False),  # row index within the source
+    ],
+)
+
+PROBLEMS_REJECTED = _schema(
+    "problems_rejected",
+    1,
+    [
+        pa.field("source", pa.string(), nullable=False),
+        pa.field("source_row", pa.int64(), nullable=False),
+        pa.field("problem_id", pa.string()),
+        pa.field("reason", pa.string(), nullable=False),  # a code from pipeline.problems.REASONS
+        pa.field("detail", pa.string(), nullable=False),
+        pa.field("raw", pa.string(), nullable=False),  # the source row as JSON, truncated
+    ],
+)
+
+SAMPLES = _schema(
+    "samples",
+    1,
+    [
+        pa.field("sample_id", pa.string(), nullable=False),  # problem_id/kind/index
+        pa.field("problem_id", pa.string(), nullable=False),
+        pa.field("shard", pa.int32(), nullable=False),
+        pa.field("kind", pa.string(), nullable=False),  # cot | explanation
+        pa.field("sample_index", pa.int32(), nullable=False),
+        pa.field("level", pa.int8()),
+        pa.field("subject", pa.string()),
+        pa.field("prompt", MESSAGES, nullable=False),  # the chat messages the model saw
+        pa.field("completion", pa.string(), nullable=False),
+        pa.field("gold", pa.string(), nullable=False),
+        pa.field("extracted", pa.string()),  # content of the last \boxed{}, raw
+        pa.field("parsed_answer", pa.string()),  # Math-Verify's parse of it
+        pa.field("verdict", pa.string(), nullable=False),  # correct|incorrect|no_answer|timeout|error
+        pa.field("verdict_detail", pa.string()),
+        pa.field("finish_reason", pa.string(), nullable=False),  # stop | length | error
+        pa.field("prompt_tokens", pa.int32(), nullable=False),
+        pa.field("completion_tokens", pa.int32(), nullable=False),
+        pa.field("cumulative_logprob", pa.float64()),  # raw-model log-prob of the sampled tokens
+        pa.field("model", pa.string(), nullable=False),
+        pa.field("engine", pa.string(), nullable=False),
+        pa.field("template_version", pa.string(), nullable=False),
+        pa.field("seed", pa.int64(), nullable=False),
+    ],
+)
+
+VERIFIED = _schema(
+    "verified",
+    1,
+    [
+        pa.field("verdict", pa.string(), nullable=False),
+        pa.field("extracted", pa.string()),
+        pa.field("parsed_answer", pa.string()),
+        pa.field("verdict_detail", pa.string()),
+    ],
+)
+"""Columns `expo-data verify` appends to a user's file (the user's own columns stay as they are)."""
+
+TABLES: dict[str, pa.Schema] = {
+    "problems": PROBLEMS,
+    "problems_rejected": PROBLEMS_REJECTED,
+    "samples": SAMPLES,
+}
+
+VERDICTS = ("correct", "incorrect", "no_answer", "timeout", "error")
+KINDS = ("cot", "explanation")
+
+
+class SchemaError(ValueError):
+    """A table does not match the schema its reader expects."""
+
+
+def schema(name: str) -> pa.Schema:
+    try:
+        return TABLES[name]
+    except KeyError:
+        raise SchemaError(f"unknown table {name!r}; known: {', '.join(sorted(TABLES))}") from None
+
+
+def version(s: pa.Schema) -> int | None:
+    meta = s.metadata or {}
+    raw = meta.get(META_VERSION)
+    return int(raw) if raw is not None else None
+
+
+def check(actual: pa.Schema, name: str, where: str = "") -> None:
+    """Fail with a readable message unless ``actual`` carries table ``name``'s columns and version."""
+    expected = schema(name)
+    loc = f" in {where}" if where else ""
+    meta = actual.metadata or {}
+    table = meta.get(META_TABLE, b"").decode() or None
+    if table is not None and table != name:
+        raise SchemaError(f"expected table {name!r}{loc}, found table {table!r}")
+    got_version = version(actual)
+    want_version = version(expected)
+    if got_version is not None and got_version != want_version:
+        raise SchemaError(
+            f"table {name!r}{loc} has schema version {got_version}, this expo-data reads version {want_version}"
+        )
+    missing = [f.name for f in expected if f.name not in actual.names]
+    if missing:
+        raise SchemaError(f"table {name!r}{loc} lacks column(s): {', '.join(missing)}")
+    wrong = [
+        f"{f.name} ({actual.field(f.name).type}, expected {f.type})"
+        for f in expected
+        if not actual.field(f.name).type.equals(f.type)
+    ]
+    if wrong:
+        raise SchemaError(f"table {name!r}{loc} has column(s) of the wrong type: {'; '.join(wrong)}")
+
+
+def empty(name: str) -> pa.Table:
+    return schema(name).empty_table()
+
+
+def from_rows(name: str, rows: list[dict]) -> pa.Table:
+    """Build a table from row dicts; a missing or extra key is an error, not a silent null."""
+    s = schema(name)
+    names = set(s.names)
+    for i, row in enumerate(rows):
+        keys = set(row)
+        if keys != names:
+            extra, missing = sorted(keys - names), sorted(names - keys)
+            raise SchemaError(f"row {i} for table {name!r}: missing {missing}, unexpected {extra}")
+    return pa.Table.from_pylist(rows, schema=s)
