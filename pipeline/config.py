@@ -1,0 +1,265 @@
+"""The run config: YAML in, a validated pydantic object out, with errors that name the key.
+
+Every section forbids unknown keys: a misspelt ``rollout: 8`` must fail loudly rather than silently
+run with the default. Relative paths in a config file are resolved against the file's folder, so a
+config runs the same from any working directory; paths given with ``--set`` are relative to the
+current directory, as a user typing them expects.
+"""
+
+from __future__ import annotations
+
+import difflib
+import hashlib
+import json
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+HUB_ID_RE = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+
+
+class ConfigError(ValueError):
+    """A config that cannot run, with a message meant for the person who wrote it."""
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class ModelConfig(Strict):
+    path: str = Field(description="local model folder, or a Hugging Face Hub model id")
+    revision: str | None = None
+    engine: Literal["vllm", "hf"] = "vllm"
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    max_model_len: int | None = Field(default=None, gt=0)
+    tensor_parallel_size: int = Field(default=1, ge=1)
+    gpu_memory_utilization: float = Field(default=0.85, gt=0, le=1)
+    cpu_kvcache_gib: int = Field(default=1, ge=1, description="vLLM CPU KV cache (GiB)")
+    hf_batch_size: int = Field(default=16, ge=1, description="prompts per forward batch (hf engine)")
+    trust_remote_code: bool = False
+
+
+class ColumnMap(Strict):
+    """Which source column holds which field; for generic sources, and to override the adapters."""
+
+    id: str | None = None
+    question: str | None = None
+    answer: str | None = None
+    solution: str | None = None
+    level: str | None = None
+    subject: str | None = None
+
+
+class ProblemsConfig(Strict):
+    source: str = Field(description="JSONL/Parquet file, a folder, or a Hugging Face Hub dataset id")
+    format: Literal["auto", "math", "gsm8k", "generic"] = "auto"
+    subsets: list[str] | None = Field(default=None, description="Hub dataset configs (e.g. MATH subjects)")
+    split: str | None = None
+    revision: str | None = None
+    columns: ColumnMap = Field(default_factory=ColumnMap)
+    levels: list[int] | None = None
+    subjects: list[str] | None = None
+    limit: int | None = Field(default=None, gt=0)
+
+    @field_validator("levels")
+    @classmethod
+    def _levels(cls, v: list[int] | None) -> list[int] | None:
+        if v is not None and any(level < 1 or level > 5 for level in v):
+            raise ValueError("levels must be between 1 and 5")
+        return v
+
+
+class SamplingConfig(Strict):
+    temperature: float = Field(default=1.0, ge=0)
+    top_p: float = Field(default=1.0, gt=0, le=1)
+    max_tokens: int = Field(default=1024, gt=0)
+    seed: int = Field(default=0, ge=0)
+
+
+class GenerationConfig(Strict):
+    rollouts: int = Field(default=8, ge=1, description="G: CoT samples per problem")
+    explanations: int = Field(default=2, ge=0, description="self-explanations per problem")
+    sampling: SamplingConfig = Field(default_factory=SamplingConfig)
+    explanation_sampling: SamplingConfig | None = Field(
+        default=None, description="sampling for explanations; defaults to `sampling`"
+    )
+
+    @property
+    def explanation_params(self) -> SamplingConfig:
+        return self.explanation_sampling or self.sampling
+
+
+class PromptsConfig(Strict):
+    template: str = "expo-v1"
+
+
+class VerifierConfig(Strict):
+    workers: int = Field(default=2, ge=1, description="verifier processes")
+    timeout_s: float = Field(default=5.0, gt=0, description="hard deadline per answer")
+
+
+class RunConfig(Strict):
+    name: str = Field(default="run", pattern=r"^[A-Za-z0-9][\w.-]*$")
+    output_dir: str
+    model: ModelConfig
+    problems: ProblemsConfig
+    generation: GenerationConfig = Field(default_factory=GenerationConfig)
+    prompts: PromptsConfig = Field(default_factory=PromptsConfig)
+    verifier: VerifierConfig = Field(default_factory=VerifierConfig)
+    shard_size: int = Field(default=64, ge=1, description="problems per shard task")
+
+    @model_validator(mode="after")
+    def _template_known(self) -> RunConfig:
+        from pipeline.prompts import TEMPLATES
+
+        if self.prompts.template not in TEMPLATES:
+            raise ValueError(f"prompts.template {self.prompts.template!r} unknown; known: {', '.join(TEMPLATES)}")
+        return self
+
+    def fingerprint(self) -> str:
+        return hashlib.sha256(json.dumps(self.model_dump(), sort_keys=True).encode()).hexdigest()[:16]
+
+
+# Fields that hold paths (dotted), resolved against the config file's folder when relative.
+PATH_FIELDS = ("output_dir", "model.path", "problems.source")
+
+
+def _known_keys(model: type[BaseModel]) -> list[str]:
+    return list(model.model_fields)
+
+
+def _submodel(model: type[BaseModel], loc: tuple[Any, ...]) -> type[BaseModel] | None:
+    """The pydantic class at a location, to suggest the keys it does accept."""
+    current: Any = model
+    for part in loc:
+        if not (isinstance(current, type) and issubclass(current, BaseModel)):
+            return None
+        field = current.model_fields.get(str(part))
+        if field is None:
+            return None
+        annotation = field.annotation
+        args = getattr(annotation, "__args__", ())
+        candidates = [annotation, *args]
+        current = next((c for c in candidates if isinstance(c, type) and issubclass(c, BaseModel)), None)
+    return current if isinstance(current, type) and issubclass(current, BaseModel) else None
+
+
+def format_validation_error(err: ValidationError, source: str) -> str:
+    lines = [f"invalid config {source}:"]
+    for e in err.errors():
+        loc = tuple(e["loc"])
+        key = ".".join(str(p) for p in loc) or "(top level)"
+        if e["type"] == "extra_forbidden":
+            parent = _submodel(RunConfig, loc[:-1])
+            hint = ""
+            if parent is not None:
+                close = difflib.get_close_matches(str(loc[-1]), _known_keys(parent), n=1)
+                hint = f" (did you mean {'.'.join([*map(str, loc[:-1]), close[0]])!r}?)" if close else ""
+                hint += f"; allowed here: {', '.join(_known_keys(parent))}"
+            lines.append(f"  unknown key {key!r}{hint}")
+        elif e["type"] == "missing":
+            lines.append(f"  missing required key {key!r}")
+        else:
+            lines.append(f"  {key}: {e['msg']} (got {e.get('input')!r})")
+    return "\n".join(lines)
+
+
+def _get(d: dict[str, Any], dotted: str) -> Any:
+    for part in dotted.split("."):
+        if not isinstance(d, dict) or part not in d:
+            return None
+        d = d[part]
+    return d
+
+
+def _set(d: dict[str, Any], dotted: str, value: Any) -> None:
+    parts = dotted.split(".")
+    for part in parts[:-1]:
+        nxt = d.get(part)
+        if nxt is None:
+            nxt = d[part] = {}
+        if not isinstance(nxt, dict):
+            raise ConfigError(f"--set {dotted}: {part!r} is not a section")
+        d = nxt
+    d[parts[-1]] = value
+
+
+def looks_like_hub_id(value: str) -> bool:
+    return bool(HUB_ID_RE.match(value)) and not value.startswith((".", "/", "~"))
+
+
+def _resolve_path(value: Any, base: Path) -> Any:
+    """Relative local paths become absolute; Hub ids (owner/name, not on disk) stay as they are."""
+    if not isinstance(value, str) or not value:
+        return value
+    p = Path(value).expanduser()
+    if p.is_absolute():
+        return str(p)
+    candidate = (base / p).resolve()
+    if looks_like_hub_id(value) and not candidate.exists():
+        return value
+    return str(candidate)
+
+
+def parse_override(item: str) -> tuple[str, Any]:
+    """``key.sub=value``; the value is read as YAML, so numbers, booleans and lists work."""
+    if "=" not in item:
+        raise ConfigError(f"--set {item!r}: expected key=value, e.g. generation.rollouts=4")
+    key, raw = item.split("=", 1)
+    key = key.strip()
+    if not re.fullmatch(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)*", key):
+        raise ConfigError(f"--set {item!r}: {key!r} is not a dotted config key")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError:
+        value = raw
+    return key, value
+
+
+def load_config(path: str | Path, overrides: list[str] | None = None, cwd: str | Path | None = None) -> RunConfig:
+    path = Path(path)
+    if not path.exists():
+        raise ConfigError(f"config file not found: {path}")
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as e:
+        raise ConfigError(f"config {path} is not valid YAML: {e}") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"config {path} must be a YAML mapping of sections, got {type(raw).__name__}")
+    base = path.resolve().parent
+    for dotted in PATH_FIELDS:
+        value = _get(raw, dotted)
+        if value is not None:
+            _set(raw, dotted, _resolve_path(value, base))
+    cwd_path = Path(cwd) if cwd else Path.cwd()
+    for item in overrides or []:
+        key, value = parse_override(item)
+        if key in PATH_FIELDS:
+            value = _resolve_path(value, cwd_path)
+        _set(raw, key, value)
+    return config_from_dict(raw, source=str(path))
+
+
+def config_from_dict(raw: dict[str, Any], source: str = "<dict>") -> RunConfig:
+    try:
+        return RunConfig.model_validate(raw)
+    except ValidationError as e:
+        raise ConfigError(format_validation_error(e, source)) from None
+
+
+def diff_configs(old: dict[str, Any], new: dict[str, Any], prefix: str = "") -> list[str]:
+    """Dotted keys whose values differ: what a user must know before mixing two runs."""
+    keys = sorted(set(old) | set(new))
+    out: list[str] = []
+    for k in keys:
+        a, b = old.get(k), new.get(k)
+        dotted = f"{prefix}{k}"
+        if isinstance(a, dict) and isinstance(b, dict):
+            out.extend(diff_configs(a, b, dotted + "."))
+        elif a != b:
+            out.append(dotted)
+    return out
