@@ -1,0 +1,102 @@
+"""Versioned CoT and self-explanation prompts, rendered through the model's own chat template.
+
+ExPO's positives are only in-distribution if the self-explanation prompt is the plain CoT prompt
+plus a few tokens carrying the answer. The template therefore has one ``{hint}`` slot: empty for the
+CoT prompt, the answer sentence for the explanation prompt. Nothing else may differ, by construction.
+
+Question and answer text is untrusted: it is substituted with plain string replacement (never
+``str.format`` or a template engine), so braces and LaTeX in it are inert.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from typing import Any, Literal
+
+Kind = Literal["cot", "explanation"]
+Message = dict[str, str]
+
+INSTRUCTION = "Please reason step by step, and put your final answer within \\boxed{}."
+
+
+@dataclass(frozen=True)
+class PromptTemplate:
+    """A named, versioned pair of prompts sharing everything but the hint."""
+
+    version: str
+    user: str  # must contain {question} and {hint} exactly once each
+    answer_sentence: str  # must contain {answer} exactly once
+
+    def __post_init__(self) -> None:
+        for slot in ("{question}", "{hint}"):
+            if self.user.count(slot) != 1:
+                raise ValueError(f"prompt template {self.version!r}: 'user' must contain {slot} exactly once")
+        if self.answer_sentence.count("{answer}") != 1:
+            raise ValueError(
+                f"prompt template {self.version!r}: 'answer_sentence' must contain {{answer}} exactly once"
+            )
+
+    def hint(self, answer: str) -> str:
+        return self.answer_sentence.replace("{answer}", answer)
+
+    def user_text(self, question: str, answer: str | None = None) -> str:
+        # Replace {hint} first: the question itself may contain the literal text "{hint}".
+        hint = "" if answer is None else self.hint(answer)
+        head, tail = self.user.split("{hint}")
+        return head.replace("{question}", question) + hint + tail.replace("{question}", question)
+
+    def messages(self, kind: Kind, question: str, answer: str | None = None) -> list[Message]:
+        if kind == "cot":
+            return [{"role": "user", "content": self.user_text(question)}]
+        if kind == "explanation":
+            if answer is None:
+                raise ValueError("an explanation prompt needs the gold answer")
+            return [{"role": "user", "content": self.user_text(question, answer)}]
+        raise ValueError(f"unknown prompt kind {kind!r}")
+
+    @property
+    def digest(self) -> str:
+        """Short content hash: two runs with the same version string but edited text differ here."""
+        text = f"{self.version}\0{self.user}\0{self.answer_sentence}"
+        return hashlib.sha256(text.encode()).hexdigest()[:12]
+
+    def to_dict(self) -> dict[str, str]:
+        return {
+            "version": self.version,
+            "user": self.user,
+            "answer_sentence": self.answer_sentence,
+            "digest": self.digest,
+        }
+
+
+EXPO_V1 = PromptTemplate(
+    version="expo-v1",
+    user="{question}\n{hint}" + INSTRUCTION,
+    answer_sentence="The correct final answer is {answer}. ",
+)
+
+TEMPLATES: dict[str, PromptTemplate] = {EXPO_V1.version: EXPO_V1}
+DEFAULT_TEMPLATE = EXPO_V1.version
+
+
+def get_template(version: str) -> PromptTemplate:
+    try:
+        return TEMPLATES[version]
+    except KeyError:
+        known = ", ".join(sorted(TEMPLATES))
+        raise ValueError(f"unknown prompt template {version!r}; known: {known}") from None
+
+
+def render_chat(tokenizer: Any, messages: list[Message]) -> str:
+    """The exact text the model is conditioned on, through the model's own chat template."""
+    if not getattr(tokenizer, "chat_template", None):
+        raise ValueError(
+            "the model's tokenizer has no chat template; ExPO prompts must go through the model's own "
+            "template (set one in tokenizer_config.json or chat_template.jinja)"
+        )
+    return tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+
+
+def chat_template_digest(tokenizer: Any) -> str:
+    return hashlib.sha256((tokenizer.chat_template or "").encode()).hexdigest()[:12]
