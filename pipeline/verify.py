@@ -1,0 +1,505 @@
+"""Answer verification: last-box extraction, then Math-Verify in worker processes with hard deadlines.
+
+Why processes: Math-Verify's own timeouts use ``signal.alarm``, which raises in any thread but the
+main one (Prefect runs tasks in threads), and sympy can spin for minutes in C code that no signal
+interrupts. Each worker runs items in its main thread under a soft interval timer; the parent kills
+a worker that overruns the deadline plus a grace period, records ``timeout`` for the item it was on,
+and restarts it. Nothing here evaluates input text: parsing goes through Math-Verify/latex2sympy only.
+
+Gold answers are parsed once per problem: a job is one problem's gold plus all its predictions.
+A cheap normalised-string comparison settles exact copies (the common case for explanations)
+without touching sympy.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections import deque
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from multiprocessing.connection import Connection, wait
+from pathlib import Path
+from typing import Any
+
+from pipeline.answers import last_boxed
+
+VERIFIER_VERSION = "expo-verify-1"
+_PACKAGE_ROOT = str(Path(__file__).resolve().parent.parent)
+MAX_PARSED_CHARS = 400
+MAX_ANSWER_CHARS = 2000  # a "final answer" longer than this is not one; don't feed it to sympy
+
+
+@dataclass(frozen=True)
+class Verdict:
+    verdict: str  # correct | incorrect | no_answer | timeout | error
+    extracted: str | None = None
+    parsed: str | None = None
+    detail: str | None = None
+
+
+@dataclass(frozen=True)
+class GoldCheck:
+    ok: bool
+    parsed: str | None
+    reason: str | None = None  # unparseable_gold | gold_timeout | gold_error
+    detail: str | None = None
+
+
+# ----------------------------------------------------------------------------------------------
+# Normalisation shared by the fast path and the parser input.
+
+_SPACING = re.compile(r"\\[,;:! ]|\\quad|\\qquad|~")
+_THOUSANDS = re.compile(r"(?<=\d)(?:\\,|\{,\}|\\ )(?=\d{3}(?!\d))")
+
+
+def clean_answer(text: str) -> str:
+    """Undo typography that changes no value: thin-space thousands separators, \\dfrac, \\left/\\right."""
+    s = text.strip()
+    s = _THOUSANDS.sub("", s)
+    s = s.replace("\\dfrac", "\\frac").replace("\\tfrac", "\\frac")
+    s = s.replace("\\left", "").replace("\\right", "")
+    return s
+
+
+def normalise(text: str) -> str:
+    """Conservative canonical string: equal strings here are certainly equal answers."""
+    s = clean_answer(text)
+    s = _SPACING.sub("", s)
+    s = s.replace("$", "").replace(" ", "")
+    s = s.rstrip(".")
+    return s
+
+
+def fast_equal(gold: str, extracted: str) -> bool:
+    return normalise(gold) == normalise(extracted)
+
+
+# ----------------------------------------------------------------------------------------------
+# Worker side. Runs in a separate process, in its main thread.
+
+
+class _Deadline(BaseException):
+    """Raised by the interval timer. A BaseException, so library `except Exception` can't eat it."""
+
+
+def _on_alarm(signum: int, frame: Any) -> None:
+    raise _Deadline()
+
+
+def _short(obj: Any) -> str:
+    s = str(obj)
+    return s if len(s) <= MAX_PARSED_CHARS else s[:MAX_PARSED_CHARS] + "..."
+
+
+def _parse(text: str) -> list[Any]:
+    from math_verify import parse
+
+    return parse("\\boxed{" + clean_answer(text) + "}", parsing_timeout=None)
+
+
+def _equivalent(gold: list[Any], pred: list[Any]) -> bool:
+    from math_verify import verify
+
+    # Gold first: Math-Verify is deliberately asymmetric.
+    return bool(verify(gold, pred, timeout_seconds=None))
+
+
+def _worker_main(conn: Connection, soft_timeout_s: float, memory_limit_mb: int) -> None:
+    if memory_limit_mb > 0:
+        try:
+            import resource
+
+            limit = memory_limit_mb * 1024 * 1024
+            resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+        except (ImportError, ValueError, OSError):
+            pass
+    import logging
+
+    logging.getLogger("math_verify").setLevel(logging.ERROR)
+    import math_verify  # noqa: F401 - import once, before the first deadline starts ticking
+
+    signal.signal(signal.SIGALRM, _on_alarm)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent owns Ctrl-C and shuts us down
+
+    def guarded(fn: Any, *args: Any) -> tuple[str, Any]:
+        signal.setitimer(signal.ITIMER_REAL, soft_timeout_s)
+        try:
+            return "ok", fn(*args)
+        except _Deadline:
+            return "timeout", None
+        except MemoryError:
+            return "error", "memory limit exceeded"
+        except RecursionError:
+            return "error", "recursion limit exceeded"
+        except Exception as e:
+            return "error", f"{type(e).__name__}: {_short(e)}"
+        finally:
+            signal.setitimer(signal.ITIMER_REAL, 0)
+
+    conn.send(("ready",))
+    while True:
+        try:
+            msg = conn.recv()
+        except (EOFError, OSError):
+            return
+        if msg is None:
+            return
+        gold, items = msg
+        status, gold_parsed = guarded(_parse, gold)
+        if status == "ok" and not any(not isinstance(x, str) for x in gold_parsed):
+            # Only Math-Verify's raw-string fallback matched: nothing a prediction can be compared to.
+            conn.send(("gold", "unparseable", None))
+            continue
+        if status != "ok":
+            conn.send(("gold", status, gold_parsed))
+            continue
+        conn.send(("gold", "ok", _short(gold_parsed[0])))
+        for extracted in items:
+            status, pred = guarded(_parse, extracted)
+            if status != "ok":
+                conn.send(("item", status, None, pred))
+                continue
+            if not pred:
+                conn.send(("item", "incorrect", None, "answer could not be parsed"))
+                continue
+            status, same = guarded(_equivalent, gold_parsed, pred)
+            if status != "ok":
+                conn.send(("item", status, _short(pred[0]), same))
+            else:
+                conn.send(("item", "correct" if same else "incorrect", _short(pred[0]), None))
+
+
+# ----------------------------------------------------------------------------------------------
+# Parent side.
+
+
+@dataclass
+class _Job:
+    gold: str
+    items: list[tuple[int, str]]  # (output slot, extracted answer)
+    gold_done: bool = False
+
+
+@dataclass
+class _Worker:
+    process: Any
+    conn: Connection
+    job: _Job | None = None
+    next_item: int = 0
+    deadline: float = 0.0
+    results: dict[int, Verdict] = field(default_factory=dict)
+
+
+class VerifierPool:
+    """A pool of verifier processes with a hard deadline per parse/compare.
+
+    Use as a context manager, or call :meth:`close`. Not thread-safe: one caller at a time.
+    """
+
+    def __init__(
+        self,
+        workers: int = 2,
+        timeout_s: float = 5.0,
+        memory_limit_mb: int = 4096,
+        soft_timeout_s: float | None = None,
+    ):
+        if workers < 1:
+            raise ValueError("workers must be >= 1")
+        if timeout_s <= 0:
+            raise ValueError("timeout_s must be > 0")
+        self.n_workers = workers
+        self.timeout_s = float(timeout_s)
+        # The in-worker timer settles most overruns without a restart; the parent's kill is the
+        # guarantee for code no signal interrupts.
+        self.soft_timeout_s = float(soft_timeout_s) if soft_timeout_s else self.timeout_s
+        self.grace_s = max(1.0, 0.5 * self.timeout_s)
+        self.memory_limit_mb = memory_limit_mb
+        self._workers: list[_Worker] = []
+        self.stats = {"fast_path": 0, "parsed": 0, "timeouts": 0, "restarts": 0, "no_answer": 0}
+
+    # lifecycle ------------------------------------------------------------------------------
+    def _spawn(self) -> _Worker:
+        # A fresh interpreter via subprocess, not multiprocessing: spawn/forkserver re-import the
+        # caller's __main__ (breaking scripts without a main guard) and fork is unsafe in a process
+        # that already runs threads (torch, Prefect).
+        parent_sock, child_sock = socket.socketpair()
+        cmd = [
+            sys.executable,
+            "-m",
+            "pipeline.verify",
+            "--worker",
+            str(child_sock.fileno()),
+            repr(self.soft_timeout_s),
+            str(self.memory_limit_mb),
+        ]
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [_PACKAGE_ROOT, os.environ.get("PYTHONPATH")]))}
+        proc = subprocess.Popen(cmd, pass_fds=(child_sock.fileno(),), env=env, stdin=subprocess.DEVNULL)
+        child_sock.close()
+        conn = Connection(parent_sock.detach())
+        if not conn.poll(120):
+            proc.kill()
+            raise RuntimeError("verifier worker did not start within 120 s")
+        try:
+            conn.recv()
+        except EOFError:
+            raise RuntimeError(f"verifier worker exited at start (exit code {proc.wait()})") from None
+        return _Worker(process=proc, conn=conn)
+
+    def _ensure_started(self) -> None:
+        while len(self._workers) < self.n_workers:
+            self._workers.append(self._spawn())
+
+    def close(self) -> None:
+        for w in self._workers:
+            with contextlib.suppress(OSError, BrokenPipeError):
+                w.conn.send(None)
+        for w in self._workers:
+            try:
+                w.process.wait(timeout=2)
+            except subprocess.TimeoutExpired:
+                w.process.kill()
+                w.process.wait()
+            w.conn.close()
+        self._workers = []
+
+    def __enter__(self) -> VerifierPool:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+    # public API ------------------------------------------------------------------------------
+    def verify_groups(self, groups: Sequence[tuple[str, Sequence[str]]]) -> list[list[Verdict]]:
+        """Verdicts for each (gold, completions) group: the last box of each completion vs the gold."""
+        out: list[list[Verdict | None]] = [[None] * len(completions) for _, completions in groups]
+        slots: list[tuple[int, int]] = []
+        jobs: list[_Job] = []
+        for g, (gold, completions) in enumerate(groups):
+            items: list[tuple[int, str]] = []
+            for i, completion in enumerate(completions):
+                extracted = last_boxed(completion or "")
+                if extracted is None:
+                    out[g][i] = Verdict("no_answer", None, None, "no \\boxed{} in the completion")
+                    self.stats["no_answer"] += 1
+                elif len(extracted) > MAX_ANSWER_CHARS:
+                    out[g][i] = Verdict("incorrect", extracted[:MAX_ANSWER_CHARS], None, "answer too long to parse")
+                elif fast_equal(gold, extracted):
+                    out[g][i] = Verdict("correct", extracted, None, "matches the gold string")
+                    self.stats["fast_path"] += 1
+                else:
+                    items.append((len(slots), extracted))
+                    slots.append((g, i))
+            if items:
+                jobs.append(_Job(gold=gold, items=items))
+        results = self._run(jobs)
+        for slot, verdict in results.items():
+            g, i = slots[slot]
+            out[g][i] = verdict
+        return [[v for v in row if v is not None] for row in out]  # type: ignore[misc]
+
+    def check_golds(self, golds: Sequence[str]) -> list[GoldCheck]:
+        """Parse each gold answer once, under the same deadlines; used to validate problems."""
+        jobs = [_Job(gold=g, items=[]) for g in golds]
+        gold_results: dict[int, GoldCheck] = {}
+        self._run(jobs, gold_results)
+        return [gold_results[i] for i in range(len(golds))]
+
+    # the event loop --------------------------------------------------------------------------
+    def _run(self, jobs: list[_Job], gold_results: dict[int, GoldCheck] | None = None) -> dict[int, Verdict]:
+        results: dict[int, Verdict] = {}
+        if not jobs:
+            return results
+        self._ensure_started()
+        job_index = {id(j): k for k, j in enumerate(jobs)}
+        pending: deque[_Job] = deque(jobs)
+
+        def assign(w: _Worker, job: _Job) -> None:
+            w.job, w.next_item = job, 0
+            w.deadline = time.monotonic() + self.timeout_s + self.grace_s
+            w.conn.send((job.gold, [e for _, e in job.items]))
+
+        def finish_gold(job: _Job, check: GoldCheck) -> None:
+            job.gold_done = True
+            if gold_results is not None:
+                gold_results[job_index[id(job)]] = check
+            if not check.ok:
+                verdict = "timeout" if check.reason == "gold_timeout" else "error"
+                for slot, extracted in job.items:
+                    results[slot] = Verdict(verdict, extracted, None, f"gold answer: {check.detail}")
+
+        while pending or any(w.job for w in self._workers):
+            for w in self._workers:
+                if w.job is None and pending:
+                    assign(w, pending.popleft())
+            busy = [w for w in self._workers if w.job is not None]
+            now = time.monotonic()
+            timeout = max(0.0, min(w.deadline for w in busy) - now)
+            ready = wait([w.conn for w in busy], timeout=timeout)
+            for w in busy:
+                if w.conn in ready:
+                    try:
+                        msg = w.conn.recv()
+                    except (EOFError, OSError):
+                        self._replace(w, pending, results, finish_gold, "verifier process died")
+                        continue
+                    self._handle(w, msg, results, finish_gold)
+                elif time.monotonic() >= w.deadline:
+                    self.stats["timeouts"] += 1
+                    self._replace(w, pending, results, finish_gold, None)
+        return results
+
+    def _handle(self, w: _Worker, msg: tuple, results: dict[int, Verdict], finish_gold: Any) -> None:
+        job = w.job
+        assert job is not None
+        w.deadline = time.monotonic() + self.timeout_s + self.grace_s
+        if msg[0] == "gold":
+            _, status, info = msg
+            if status == "ok":
+                finish_gold(job, GoldCheck(True, info))
+            elif status == "unparseable":
+                finish_gold(job, GoldCheck(False, None, "unparseable_gold", "Math-Verify found no answer in it"))
+            elif status == "timeout":
+                finish_gold(job, GoldCheck(False, None, "gold_timeout", f"parsing exceeded {self.timeout_s:g} s"))
+            else:
+                finish_gold(job, GoldCheck(False, None, "gold_error", str(info)))
+            if status != "ok" or not job.items:
+                w.job = None
+            return
+        _, status, parsed, detail = msg
+        slot, extracted = job.items[w.next_item]
+        if status == "timeout":
+            self.stats["timeouts"] += 1
+            detail = f"exceeded {self.timeout_s:g} s"
+        self.stats["parsed"] += 1
+        results[slot] = Verdict(status, extracted, parsed, detail)
+        w.next_item += 1
+        if w.next_item == len(job.items):
+            w.job = None
+
+    def _replace(
+        self, w: _Worker, pending: deque, results: dict[int, Verdict], finish_gold: Any, died: str | None
+    ) -> None:
+        """Kill a stuck or dead worker, settle the item it was on, requeue the rest of its job."""
+        job = w.job
+        w.process.kill()
+        w.process.wait()
+        w.conn.close()
+        self.stats["restarts"] += 1
+        if job is not None:
+            if not job.gold_done:
+                if died:
+                    finish_gold(job, GoldCheck(False, None, "gold_error", died))
+                else:
+                    finish_gold(
+                        job, GoldCheck(False, None, "gold_timeout", f"parsing exceeded {self.timeout_s:g} s (killed)")
+                    )
+            else:
+                slot, extracted = job.items[w.next_item]
+                if died:
+                    results[slot] = Verdict("error", extracted, None, died)
+                else:
+                    results[slot] = Verdict("timeout", extracted, None, f"exceeded {self.timeout_s:g} s (killed)")
+                rest = job.items[w.next_item + 1 :]
+                if rest:
+                    pending.appendleft(_Job(gold=job.gold, items=rest))
+        fresh = self._spawn()
+        w.process, w.conn, w.job, w.next_item = fresh.process, fresh.conn, None, 0
+
+
+# ----------------------------------------------------------------------------------------------
+# `expo-data verify FILE`: the verifier as a standalone tool for users' own outputs.
+
+
+def read_rows(path: Path) -> list[dict[str, Any]]:
+    suffix = path.suffix.lower()
+    if suffix == ".parquet":
+        import pyarrow.parquet as pq
+
+        return pq.read_table(path).to_pylist()
+    if suffix in (".jsonl", ".json"):
+        rows = []
+        with path.open("rb") as fh:
+            for n, raw in enumerate(fh, start=1):
+                if not raw.strip():
+                    continue
+                try:
+                    row = json.loads(raw)
+                except (json.JSONDecodeError, UnicodeDecodeError) as e:
+                    raise ValueError(f"{path}:{n}: not a JSON object ({e})") from None
+                if not isinstance(row, dict):
+                    raise ValueError(f"{path}:{n}: expected a JSON object, got {type(row).__name__}")
+                rows.append(row)
+        return rows
+    raise ValueError(f"{path}: unsupported file type {suffix!r} (use .jsonl or .parquet)")
+
+
+def default_output(path: Path) -> Path:
+    return path.with_name(f"{path.stem}.verified{path.suffix}")
+
+
+def verify_file(
+    path: str | Path,
+    out: str | Path | None = None,
+    gold_key: str = "gold",
+    prediction_key: str = "prediction",
+    workers: int = 2,
+    timeout_s: float = 5.0,
+) -> tuple[Path, dict[str, int]]:
+    """Verify every row's prediction against its gold; write the rows back with verdict columns."""
+    path = Path(path)
+    rows = read_rows(path)
+    for n, row in enumerate(rows, start=1):
+        for key in (gold_key, prediction_key):
+            if key not in row:
+                raise ValueError(f"{path}: row {n} has no {key!r} field (fields: {', '.join(map(str, row))})")
+            if row[key] is not None and not isinstance(row[key], str):
+                row[key] = str(row[key])
+    groups: dict[str, list[int]] = {}
+    for n, row in enumerate(rows):
+        if row[gold_key] is not None:
+            groups.setdefault(row[gold_key], []).append(n)
+    verdicts: list[Verdict] = [Verdict("error", None, None, "gold is missing")] * len(rows)
+    with VerifierPool(workers=workers, timeout_s=timeout_s) as pool:
+        keys = list(groups)
+        results = pool.verify_groups([(g, [rows[n][prediction_key] or "" for n in groups[g]]) for g in keys])
+    for g, vs in zip(keys, results, strict=True):
+        for n, v in zip(groups[g], vs, strict=True):
+            verdicts[n] = v
+    counts: dict[str, int] = {}
+    for row, v in zip(rows, verdicts, strict=True):
+        row.update(verdict=v.verdict, extracted=v.extracted, parsed_answer=v.parsed, verdict_detail=v.detail)
+        counts[v.verdict] = counts.get(v.verdict, 0) + 1
+    target = Path(out) if out else default_output(path)
+    from pipeline.store import atomic_write
+
+    if target.suffix.lower() == ".parquet":
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        table = pa.Table.from_pylist(rows)
+        atomic_write(target, lambda tmp: pq.write_table(table, tmp))
+    else:
+        text = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
+
+        def write(tmp: str) -> None:
+            with open(tmp, "w", encoding="utf-8") as fh:
+                fh.write(text)
+
+        atomic_write(target, write)
+    return target, counts
+
+
+def cpu_count() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+if __name__ == "__main__" and len(sys.argv) == 5 and sys.argv[1] == "--worker":
+    _worker_main(Connection(int(sys.argv[2])), float(sys.argv[3]), int(sys.argv[4]))
