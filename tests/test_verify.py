@@ -1,0 +1,180 @@
+import json
+import time
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from pipeline.verify import VerifierPool, fast_equal, normalise, verify_file
+
+CASES = [json.loads(line) for line in (Path(__file__).parent / "data" / "verifier_cases.jsonl").open()]
+
+
+def test_case_file_is_big_and_covers_the_categories():
+    assert len(CASES) >= 150
+    cats = {c["category"] for c in CASES}
+    for needed in [
+        "fractions",
+        "decimals",
+        "percentages",
+        "intervals",
+        "sets",
+        "equations",
+        "units",
+        "text",
+        "no_answer",
+        "several_boxes",
+    ]:
+        assert needed in cats
+    assert len({c["id"] for c in CASES}) == len(CASES)
+
+
+def test_labelled_cases(pool):
+    verdicts = pool.verify_groups([(c["gold"], [c["prediction"]]) for c in CASES])
+    wrong = [
+        f"{c['id']}: gold {c['gold']!r}, got {v[0].verdict} ({v[0].extracted!r}), expected {c['expected']}"
+        for c, v in zip(CASES, verdicts, strict=True)
+        if v[0].verdict != c["expected"]
+    ]
+    assert not wrong, "\n".join(wrong)
+
+
+def test_parsed_answer_and_extraction_are_stored(pool):
+    [[v]] = pool.verify_groups([("\\frac{1}{2}", ["so \\boxed{0.5}"])])
+    assert v.verdict == "correct"
+    assert v.extracted == "0.5"
+    assert v.parsed is not None
+
+
+def test_gold_is_parsed_once_per_group(pool):
+    # One job per problem: many predictions, one gold. The stats count parsed predictions only.
+    before = dict(pool.stats)
+    golds = [("\\frac{3}{4}", ["\\boxed{0.75}", "\\boxed{3/4}", "\\boxed{\\frac{6}{8}}", "\\boxed{1}"])]
+    [[a, b, c, d]] = pool.verify_groups(golds)
+    assert [a.verdict, b.verdict, c.verdict, d.verdict] == ["correct", "correct", "correct", "incorrect"]
+    assert pool.stats["parsed"] - before["parsed"] == 4
+
+
+def test_fast_path_needs_no_sympy(pool):
+    before = dict(pool.stats)
+    [[v]] = pool.verify_groups([("\\dfrac{3}{4}", ["\\boxed{\\frac{3}{4}}."])])
+    assert v.verdict == "correct"
+    assert pool.stats["fast_path"] == before["fast_path"] + 1
+    assert pool.stats["parsed"] == before["parsed"]
+
+
+def test_normalise_is_conservative():
+    assert fast_equal("\\left(1, 2\\right)", "(1,2)")
+    assert fast_equal("5\\,000", "5000")
+    assert not fast_equal("[1,2)", "[1,2]")
+    assert not fast_equal("12", "1,2")
+    assert normalise("$x = 3$.") == "x=3"
+
+
+def test_hostile_answer_times_out_within_deadline():
+    with VerifierPool(workers=1, timeout_s=1.0) as pool:
+        pool.verify_groups([("1", ["\\boxed{1}"])])  # warm up: start the worker
+        t = time.monotonic()
+        [[v, ok]] = pool.verify_groups([("5", ["\\boxed{(10^{10^{10}})!}", "\\boxed{5.0}"])])
+        elapsed = time.monotonic() - t
+    assert v.verdict == "timeout"
+    assert ok.verdict == "correct"  # the item after a timeout is still verified
+    assert elapsed < 1.0 + pool.grace_s + 2.0
+
+
+def test_hard_kill_when_the_worker_does_not_answer():
+    # Soft timer longer than the hard deadline: the parent must kill the worker and carry on.
+    with VerifierPool(workers=1, timeout_s=1.0, soft_timeout_s=60) as pool:
+        pool.verify_groups([("1", ["\\boxed{1}"])])
+        t = time.monotonic()
+        [[v, ok], [other]] = pool.verify_groups(
+            [("5", ["\\boxed{(10^{10^{10}})!}", "\\boxed{5}"]), ("2", ["\\boxed{3}"])]
+        )
+        elapsed = time.monotonic() - t
+        assert pool.stats["restarts"] == 1
+    assert v.verdict == "timeout" and "killed" in v.detail
+    assert ok.verdict == "correct"
+    assert other.verdict == "incorrect"
+    assert elapsed < 30
+
+
+def test_deadlines_hold_with_every_worker_busy():
+    hostile = "\\boxed{(10^{10^{10}})!}"
+    with VerifierPool(workers=2, timeout_s=1.0) as pool:
+        t = time.monotonic()
+        results = pool.verify_groups([("7", [hostile, "\\boxed{7}"]) for _ in range(4)])
+        elapsed = time.monotonic() - t
+    assert [r[0].verdict for r in results] == ["timeout"] * 4
+    assert [r[1].verdict for r in results] == ["correct"] * 4
+    # 4 timeouts over 2 workers: about 2 deadlines, plus worker start.
+    assert elapsed < 2 * (1.0 + pool.grace_s) + 10
+
+
+def test_check_golds(pool):
+    checks = pool.check_golds(["\\frac{1}{2}", "\\text{Evelyn}", "", "{{{{"])
+    assert [c.ok for c in checks] == [True, True, False, False]
+    assert checks[2].reason == "unparseable_gold"
+
+
+def test_no_answer_and_error_verdicts(pool):
+    [[none, empty]] = pool.verify_groups([("3", ["the answer is 3", ""])])
+    assert none.verdict == "no_answer" and empty.verdict == "no_answer"
+
+
+def test_answers_that_are_python_code_are_never_executed(pool, tmp_path):
+    marker = tmp_path / "pwned"
+    code = f"__import__('os').system('touch {marker}')"
+    [[v]] = pool.verify_groups([("1", [f"\\boxed{{{code}}}"])])
+    assert v.verdict in ("incorrect", "error")
+    assert not marker.exists()
+
+
+def test_verify_file_jsonl(tmp_path):
+    src = tmp_path / "preds.jsonl"
+    rows = [
+        {"id": 1, "gold": "\\frac{1}{2}", "prediction": "so \\boxed{0.5}"},
+        {"id": 2, "gold": "3", "prediction": "it is 4, \\boxed{4}"},
+        {"id": 3, "gold": "3", "prediction": "no box"},
+    ]
+    src.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    out, counts = verify_file(src)
+    assert out == tmp_path / "preds.verified.jsonl"
+    back = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [r["verdict"] for r in back] == ["correct", "incorrect", "no_answer"]
+    assert back[0]["extracted"] == "0.5" and back[0]["id"] == 1
+    assert counts == {"correct": 1, "incorrect": 1, "no_answer": 1}
+
+
+def test_verify_file_parquet_and_custom_keys(tmp_path):
+    src = tmp_path / "preds.parquet"
+    pq.write_table(pa.table({"answer": ["2", "x=3"], "output": ["\\boxed{2}", "\\boxed{3}"]}), src)
+    out, _ = verify_file(src, tmp_path / "out.parquet", gold_key="answer", prediction_key="output")
+    table = pq.read_table(out)
+    assert table.column("verdict").to_pylist() == ["correct", "correct"]
+    assert {"answer", "output", "verdict", "extracted", "parsed_answer", "verdict_detail"} <= set(table.column_names)
+
+
+def test_verify_file_names_the_row_and_field(tmp_path):
+    src = tmp_path / "bad.jsonl"
+    src.write_text('{"gold": "1", "prediction": "\\\\boxed{1}"}\n{"gold": "2"}\n')
+    with pytest.raises(ValueError, match=r"row 2 has no 'prediction' field"):
+        verify_file(src)
+    src.write_text('{"gold": "1", "prediction": "x"}\nnot json\n')
+    with pytest.raises(ValueError, match=r"bad.jsonl:2: not a JSON object"):
+        verify_file(src)
+
+
+def test_verify_cli(tmp_path):
+    from typer.testing import CliRunner
+
+    from flows.cli import app
+
+    src = tmp_path / "p.jsonl"
+    src.write_text(json.dumps({"gold": "7", "prediction": "\\boxed{7}"}) + "\n")
+    result = CliRunner().invoke(app, ["verify", str(src), "--out", str(tmp_path / "o.jsonl")])
+    assert result.exit_code == 0, result.output
+    assert "correct: 1" in result.output
+    assert json.loads((tmp_path / "o.jsonl").read_text())["verdict"] == "correct"
+    missing = CliRunner().invoke(app, ["verify", str(tmp_path / "nope.jsonl")])
+    assert missing.exit_code == 2 and "no such file" in missing.output
