@@ -400,10 +400,12 @@ def write_run_json(
 ) -> Path:
     template = get_template(cfg.prompts.template)
     previous = run.load_run_json() or {}
+    # Per-shard stats are those of the invocation that generated the shard; a rerun that skips a
+    # shard keeps them, and says what it did itself under "last_invocation".
     shards = dict(previous.get("shards", {}))
     for s in shard_stats:
-        if not s.get("skipped") or str(s["index"]) not in shards:
-            shards[str(s["index"])] = s
+        if not s.get("skipped"):
+            shards[str(s["index"])] = {k: v for k, v in s.items() if k != "skipped"}
     doc = {
         "expo_data_version": __version__,
         "name": cfg.name,
@@ -424,6 +426,10 @@ def write_run_json(
         "schemas": {name: schemas.version(s) for name, s in schemas.TABLES.items()},
         "problems": problems_summary,
         "shards": {k: shards[k] for k in sorted(shards, key=int)},
+        "last_invocation": {
+            "shards_generated": [s["index"] for s in shard_stats if not s.get("skipped")],
+            "shards_skipped": [s["index"] for s in shard_stats if s.get("skipped")],
+        },
         "summary": summary,
         "timings": timings,
     }

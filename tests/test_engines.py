@@ -54,18 +54,20 @@ def test_both_engines_give_the_same_shape(hf_engine, vllm_engine):
 
 
 @pytest.mark.parametrize("name", ENGINES)
-def test_reproducible_given_the_call_seed(name, request):
+def test_reproducible_given_the_seeds(name, request):
     engine = request.getfixturevalue(name)
 
-    def texts(seed):
-        return [
-            [c.text for c in r.completions] for r in engine.generate(_requests(engine, max_tokens=40), call_seed=seed)
-        ]
+    def texts(request_seed, call_seed=11):
+        reqs = _requests(engine, max_tokens=40, seed=request_seed)
+        return [[c.text for c in r.completions] for r in engine.generate(reqs, call_seed=call_seed)]
 
-    first = texts(11)
-    engine.generate(_requests(engine), call_seed=99)  # something else in between
-    assert texts(11) == first
-    assert texts(12) != first
+    first = texts(1)
+    engine.generate(_requests(engine, n=2, seed=99), call_seed=99)  # something else in between
+    assert texts(1) == first
+    # Other request seeds give other samples on every engine; the call seed matters only where
+    # per-request seeds are not supported.
+    assert texts(2, call_seed=12) != first
+    assert (texts(1, call_seed=12) == first) == engine.supports_request_seed
 
 
 @pytest.mark.parametrize("name", ENGINES)
@@ -117,10 +119,15 @@ def test_score_matches_a_direct_forward_pass(name, request, tiny_model):
         engine.score([[]], [target])
 
 
-def test_cpu_engines_reseed_per_call(vllm_engine, hf_engine):
-    # On CPU vLLM cannot take per-request seeds; both engines then reseed from call_seed.
-    assert vllm_engine.supports_request_seed is False
-    assert hf_engine.supports_request_seed is False
+def test_vllm_request_seeds_make_samples_independent_of_the_batch(vllm_engine):
+    # Per-request seeds on CPU too (chunked prefill off): a request alone, or in a batch after
+    # unrelated work, gives the same samples.
+    reqs = _requests(vllm_engine, max_tokens=40)
+    together = vllm_engine.generate(reqs, call_seed=1)
+    vllm_engine.generate(_requests(vllm_engine, n=2, seed=50), call_seed=2)
+    alone = vllm_engine.generate(reqs[2:3], call_seed=3)
+    assert vllm_engine.supports_request_seed is True
+    assert [c.text for c in alone[0].completions] == [c.text for c in together[2].completions]
 
 
 def test_sampling_validation():

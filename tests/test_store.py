@@ -7,8 +7,16 @@ from pipeline.store import RunDir, read_table, write_parquet
 
 
 def _problem(i):
-    return {"problem_id": f"p{i}", "question": "q", "answer": "1", "expert_solution": None, "level": 1,
-            "subject": None, "source": "x.jsonl", "source_row": i}
+    return {
+        "problem_id": f"p{i}",
+        "question": "q",
+        "answer": "1",
+        "expert_solution": None,
+        "level": 1,
+        "subject": None,
+        "source": "x.jsonl",
+        "source_row": i,
+    }
 
 
 def test_roundtrip_and_folder_read(tmp_path):

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import threading
+import time
 from typing import Any
 
+from pipeline import progress
 from pipeline.engines.base import (
     Completion,
     Engine,
@@ -74,7 +76,10 @@ def get_engine(model_cfg: Any, seed: int = 0) -> Engine:
     with _LOCK:
         engine = _CACHE.get(key)
         if engine is None:
+            t0 = time.monotonic()
+            progress.emit("engine.loading", engine=model_cfg.engine, model=model_cfg.path)
             engine = load_engine(model_cfg, seed)
+            progress.emit("engine.ready", engine=model_cfg.engine, seconds=round(time.monotonic() - t0, 1))
             _CACHE[key] = engine
         return engine
 

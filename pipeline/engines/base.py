@@ -5,11 +5,10 @@ vllm and hf engines see exactly the same input and a row's ``prompt_tokens`` mea
 whichever engine wrote it.
 
 Seeding: every request carries its own seed (derived from the run seed and the sample's identity).
-Engines that honour per-request seeds (vLLM on GPU) make a request's output independent of its batch.
-Engines that cannot (vLLM on CPU, where per-request generators crash the sampler; transformers
-``generate``, which samples from one global generator) reseed their global generator from
-``call_seed`` before each call, so a call's outputs depend only on its requests and that seed: a
-shard rerun after a crash reproduces the same rows.
+Engines that honour per-request seeds (vLLM, GPU and CPU) make a request's output independent of its
+batch. An engine that cannot (transformers ``generate`` samples from one global generator) reseeds
+from ``call_seed`` before each batch, so a call's outputs depend only on its requests and that
+seed: a shard rerun after a crash reproduces the same rows either way.
 """
 
 from __future__ import annotations

@@ -2,7 +2,12 @@
 
 One engine per process: vLLM holds the whole device. Environment defaults are set before the first
 import of vllm: on CPU a small KV cache (otherwise vLLM reserves ~10 GiB) and the in-process engine,
-which starts in seconds and makes sampling reproducible from the engine's global generator.
+which starts in seconds.
+
+Per-request seeds work on GPU and CPU alike, so a request's samples do not depend on what else is in
+the batch or what ran before. On CPU that needs chunked prefill off: vLLM rewinds a request's
+generator when it discards the token sampled after a partial prefill, and CPU generators cannot
+rewind ("CPU Generator does not use offset"); with whole-prompt prefills nothing is discarded.
 """
 
 from __future__ import annotations
@@ -75,17 +80,18 @@ class VLLMEngine:
             generation_config="vllm",  # never let generation_config.json change sampling silently
             trust_remote_code=trust_remote_code,
             tensor_parallel_size=tensor_parallel_size,
+            use_tqdm_on_load=False,  # progress is ours to draw
         )
         if self.on_cpu:
             kwargs["enforce_eager"] = True
+            kwargs["enable_chunked_prefill"] = False
         else:
             kwargs["gpu_memory_utilization"] = gpu_memory_utilization
         self.llm = vllm.LLM(**kwargs)
         self.model_id = model
         self.tokenizer = self.llm.get_tokenizer()
         self.max_model_len = int(self.llm.llm_engine.model_config.max_model_len)
-        # Per-request seeds crash the CPU sampler ("CPU Generator does not use offset").
-        self.supports_request_seed = not self.on_cpu
+        self.supports_request_seed = True
         hf_gen = None
         try:
             from transformers import GenerationConfig
@@ -102,7 +108,7 @@ class VLLMEngine:
             temperature=s.temperature,
             top_p=s.top_p,
             max_tokens=s.max_tokens,
-            seed=s.seed if self.supports_request_seed else None,
+            seed=s.seed,
             stop_token_ids=self.stop_ids,
             logprobs=0,  # the sampled token's log-prob only: enough for cumulative_logprob
             **extra,
@@ -125,10 +131,7 @@ class VLLMEngine:
             else:
                 runnable.append(r)
         if runnable:
-            if not self.supports_request_seed:
-                import torch
-
-                torch.manual_seed(call_seed)
+            self._fresh_cache()
             try:
                 outputs = self.llm.generate(
                     [TokensPrompt(prompt_token_ids=r.prompt_ids) for r in runnable], params, use_tqdm=False
@@ -163,6 +166,7 @@ class VLLMEngine:
                 )
             prompts.append(TokensPrompt(prompt_token_ids=p + t))
         params = self._vllm.SamplingParams(max_tokens=1, temperature=0.0, prompt_logprobs=0)
+        self._fresh_cache()
         try:
             outputs = self.llm.generate(prompts, params, use_tqdm=False)
         except Exception as e:
@@ -175,6 +179,12 @@ class VLLMEngine:
                 row.append(float(entry[tok].logprob))
             scores.append(row)
         return scores
+
+    def _fresh_cache(self) -> None:
+        """Start each call with an empty prefix cache: prompts shared within a call still share
+        their KV blocks, but a call's numbers no longer depend on what earlier calls left behind,
+        so a shard regenerated after a crash matches the original to the last bit."""
+        self.llm.reset_prefix_cache()
 
     def close(self) -> None:
         self.llm = None
