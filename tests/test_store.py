@@ -57,7 +57,7 @@ def test_readers_name_what_is_wrong(tmp_path):
 
 
 def test_failed_write_leaves_nothing(tmp_path):
-    class Boom(Exception):
+    class BoomError(Exception):
         pass
 
     from pipeline.store import atomic_write
@@ -65,9 +65,9 @@ def test_failed_write_leaves_nothing(tmp_path):
     def write(tmp):
         with open(tmp, "w") as fh:
             fh.write("partial")
-        raise Boom
+        raise BoomError
 
-    with pytest.raises(Boom):
+    with pytest.raises(BoomError):
         atomic_write(tmp_path / "x.parquet", write)
     assert list(tmp_path.iterdir()) == []
 
