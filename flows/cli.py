@@ -204,7 +204,7 @@ def _truncate(value: Any, width: int) -> str:
 def inspect(
     run_dir: Annotated[Path, typer.Argument(help="a run dir written by `expo-data run`")],
     rows: Annotated[int, typer.Option(help="rows to show per table")] = 3,
-    width: Annotated[int, typer.Option(help="characters per cell")] = 60,
+    width: Annotated[int, typer.Option(help="characters per value")] = 200,
 ) -> None:
     """Counts and a few rows of every table in a run dir."""
     from pipeline.store import RunDir, read_table
@@ -240,12 +240,21 @@ def inspect(
             console.print("  " + ", ".join(f"{k}/{v}: {n}" for (k, v), n in sorted(counts.items())))
         if table.num_rows == 0:
             continue
-        view = Table(show_lines=True)
-        for col in table.column_names:
-            view.add_column(col, overflow="fold", max_width=width)
-        for r in table.slice(0, rows).to_pylist():
-            view.add_row(*(_truncate(r[c], width) for c in table.column_names))
-        console.print(view)
+        # One small field/value table per row: readable at any terminal width, unlike 22 columns.
+        shown = list(enumerate(table.slice(0, rows).to_pylist()))
+        if name == "samples":  # a few of each kind: CoT rollouts and explanations side by side
+            kinds = table.column("kind").to_pylist()
+            picked = [
+                i for kind in ("cot", "explanation") for i in [j for j, k in enumerate(kinds) if k == kind][:rows]
+            ]
+            shown = [(i, table.slice(i, 1).to_pylist()[0]) for i in picked]
+        for i, r in shown:
+            view = Table(title=f"{name} row {i}", show_header=False, title_justify="left")
+            view.add_column("field", style="bold", no_wrap=True)
+            view.add_column("value", overflow="fold")
+            for col in table.column_names:
+                view.add_row(col, _truncate(r[col], width))
+            console.print(view)
     if doc and doc.get("summary"):
         console.print()
         print_summary(doc["summary"], doc.get("problems"))

@@ -30,8 +30,11 @@ from pipeline.prompts import PromptTemplate, chat_template_digest, get_template,
 from pipeline.store import SHARD_KEY_META, RunDir, read_table, write_json, write_parquet
 from pipeline.verify import VERIFIER_VERSION, Verdict, VerifierPool
 
-# Config parts that do not change a shard's rows: they stay out of its cache key.
-NON_OUTPUT_KEYS = ("name", "output_dir", "shard_size", "verifier.workers", "problems")
+# Config keys that change no output at all: a rerun may change them freely.
+NEUTRAL_KEYS = ("name", "output_dir", "verifier.workers")
+# Keys that change which problems a shard holds, not how a problem's rows are made: the shard key
+# covers them through the problems' content instead.
+NON_OUTPUT_KEYS = (*NEUTRAL_KEYS, "shard_size", "problems")
 
 
 class RunDirConflictError(RuntimeError):
@@ -78,13 +81,15 @@ def output_config(cfg: RunConfig) -> dict[str, Any]:
     return data
 
 
-def shard_key(cfg: RunConfig, model_fp: str, template: PromptTemplate, problem_ids: list[str]) -> str:
+def shard_key(cfg: RunConfig, model_fp: str, template: PromptTemplate, problems: list[dict[str, Any]]) -> str:
+    """Hash of everything that determines a shard's rows, problem text included (an edited
+    question under the same id must not reuse old samples)."""
     payload = {
         "config": output_config(cfg),
         "model": model_fp,
         "template": template.digest,
         "code": [__version__, VERIFIER_VERSION, schemas.version(schemas.SAMPLES)],
-        "problems": problem_ids,
+        "problems": [[p["problem_id"], p["question"], p["answer"], p["level"], p["subject"]] for p in problems],
     }
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:24]
 
@@ -102,7 +107,7 @@ def prepare_run_dir(cfg: RunConfig, force: bool = False) -> RunDir:
         changed = [
             k
             for k in diff_configs(old, cfg.model_dump())
-            if not any(k == n or k.startswith(n + ".") for n in ("name", "output_dir", "verifier.workers"))
+            if not any(k == n or k.startswith(n + ".") for n in NEUTRAL_KEYS)
         ]
         if changed:
             raise RunDirConflictError(
@@ -160,15 +165,14 @@ class ShardPlan:
 
 
 def plan_shards(cfg: RunConfig, run: RunDir) -> list[ShardPlan]:
-    problems = read_table(run.problems, "problems")
-    ids = problems.column("problem_id").to_pylist()
+    problems = read_table(run.problems, "problems").to_pylist()
     template = get_template(cfg.prompts.template)
     fp = model_fingerprint(cfg.model.path, cfg.model.revision)
     plans = []
-    for index, start in enumerate(range(0, len(ids), cfg.shard_size)):
-        stop = min(start + cfg.shard_size, len(ids))
-        plans.append(ShardPlan(index, start, stop, shard_key(cfg, fp, template, ids[start:stop])))
-    progress.emit("shards.planned", total=len(plans), problems=len(ids))
+    for index, start in enumerate(range(0, len(problems), cfg.shard_size)):
+        stop = min(start + cfg.shard_size, len(problems))
+        plans.append(ShardPlan(index, start, stop, shard_key(cfg, fp, template, problems[start:stop])))
+    progress.emit("shards.planned", total=len(plans), problems=len(problems))
     return plans
 
 
@@ -253,6 +257,31 @@ def sample_rows(
     return rows
 
 
+def verify_by_problem(
+    requests: list[Request],
+    results: list[Result],
+    meta: dict[str, tuple[dict[str, Any], str, list[dict[str, str]]]],
+    pool: VerifierPool,
+) -> list[list[Verdict]]:
+    """Verdicts per request and completion, with one verifier job per problem (CoT and explanations
+    together), so each gold answer is parsed once."""
+    slots: dict[str, list[tuple[int, int]]] = {}
+    golds: dict[str, str] = {}
+    for ri, (req, res) in enumerate(zip(requests, results, strict=True)):
+        problem = meta[req.request_id][0]
+        golds[problem["problem_id"]] = problem["answer"]
+        slots.setdefault(problem["problem_id"], []).extend((ri, ci) for ci in range(len(res.completions)))
+    pids = list(slots)
+    grouped = pool.verify_groups(
+        [(golds[pid], [results[ri].completions[ci].text for ri, ci in slots[pid]]) for pid in pids]
+    )
+    out: list[list[Verdict]] = [[] for _ in results]
+    for pid, verdicts in zip(pids, grouped, strict=True):
+        for (ri, _), v in zip(slots[pid], verdicts, strict=True):
+            out[ri].append(v)
+    return out
+
+
 def run_shard(cfg: RunConfig, run: RunDir, plan: ShardPlan, engine: Engine, pool: VerifierPool) -> dict[str, Any]:
     """Generate, verify and write one shard; a shard already written for this key is skipped."""
     if run.shard_done(plan.index, plan.key):
@@ -265,12 +294,7 @@ def run_shard(cfg: RunConfig, run: RunDir, plan: ShardPlan, engine: Engine, pool
     progress.emit("shard.start", index=plan.index, problems=len(problems), requests=len(requests))
     results = engine.generate(requests, call_seed=derive_seed(cfg.generation.sampling.seed, plan.key))
     t_gen = time.monotonic()
-    verdicts = pool.verify_groups(
-        [
-            (meta[r.request_id][0]["answer"], [c.text for c in res.completions])
-            for r, res in zip(requests, results, strict=True)
-        ]
-    )
+    verdicts = verify_by_problem(requests, results, meta, pool)
     t_ver = time.monotonic()
     rows = sample_rows(plan.index, results, verdicts, meta, requests, cfg, template, engine.name)
     table = schemas.from_rows("samples", rows)

@@ -29,6 +29,7 @@ from multiprocessing.connection import Connection, wait
 from pathlib import Path
 from typing import Any
 
+import schemas
 from pipeline.answers import last_boxed
 
 VERIFIER_VERSION = "expo-verify-1"
@@ -475,7 +476,8 @@ def verify_file(
             verdicts[n] = v
     counts: dict[str, int] = {}
     for row, v in zip(rows, verdicts, strict=True):
-        row.update(verdict=v.verdict, extracted=v.extracted, parsed_answer=v.parsed, verdict_detail=v.detail)
+        # Column names come from schemas.VERIFIED: verdict, extracted, parsed_answer, verdict_detail.
+        row.update(zip(schemas.VERIFIED.names, (v.verdict, v.extracted, v.parsed, v.detail), strict=True))
         counts[v.verdict] = counts.get(v.verdict, 0) + 1
     target = Path(out) if out else default_output(path)
     from pipeline.store import atomic_write
@@ -485,6 +487,8 @@ def verify_file(
         import pyarrow.parquet as pq
 
         table = pa.Table.from_pylist(rows)
+        for f in schemas.VERIFIED:
+            table = table.set_column(table.schema.get_field_index(f.name), f, table.column(f.name).cast(f.type))
         atomic_write(target, lambda tmp: pq.write_table(table, tmp))
     else:
         text = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
@@ -495,10 +499,6 @@ def verify_file(
 
         atomic_write(target, write)
     return target, counts
-
-
-def cpu_count() -> int:
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 
 if __name__ == "__main__" and len(sys.argv) == 5 and sys.argv[1] == "--worker":
