@@ -13,41 +13,54 @@ _BARE_ARG = re.compile(r"[^\s$.,;{}]+")
 _GSM8K_RE = re.compile(r"####\s*(.+?)\s*$", re.DOTALL)
 
 
-def boxed_spans(text: str) -> list[str]:
-    """Contents of every well-formed ``\\boxed{...}`` / ``\\fbox{...}``, in order of their start.
+def boxes(text: str) -> list[tuple[int, str]]:
+    """(start of the ``\\boxed`` token, content) of every well-formed box, in order of appearance.
 
     One pass with a brace stack, so adversarial nesting costs linear time. ``\\{`` and ``\\}`` are
     literal braces in LaTeX and do not open or close groups. ``\\boxed 5`` takes the next token, as TeX does.
     """
-    spans: list[tuple[int, str]] = []
-    stack: list[tuple[int, bool]] = []  # (position after "{", opened by a box)
-    pending_box = -1  # end of a "\boxed " token whose argument has not started yet
+    found: list[tuple[int, str]] = []
+    stack: list[tuple[int, int]] = []  # (position after "{", start of the box token or -1)
+    pending = -1  # end of a "\boxed " token whose argument has not started yet
+    pending_start = -1
     for m in _TOKENS.finditer(text):
         box, _escaped, opening, closing = m.groups()
-        opens_box = False
-        if pending_box >= 0:
-            opens_box = opening is not None and m.start() == pending_box
-            if not opens_box:
-                _bare(text, pending_box, spans)
-            pending_box = -1
+        box_start = -1
+        if pending >= 0:
+            if opening is not None and m.start() == pending:
+                box_start = pending_start
+            else:
+                _bare(text, pending, pending_start, found)
+            pending = -1
         if box is not None:
-            pending_box = m.end()
+            pending, pending_start = m.end(), m.start()
         elif opening is not None:
-            stack.append((m.end(), opens_box))
+            stack.append((m.end(), box_start))
         elif closing is not None and stack:
-            start, is_box = stack.pop()
-            if is_box:
-                spans.append((start, text[start : m.start()].strip()))
-    if pending_box >= 0:
-        _bare(text, pending_box, spans)
-    spans.sort(key=lambda s: s[0])
-    return [s for _, s in spans]
+            start, owner = stack.pop()
+            if owner >= 0:
+                found.append((owner, text[start : m.start()].strip()))
+    if pending >= 0:
+        _bare(text, pending, pending_start, found)
+    found.sort(key=lambda s: s[0])
+    return found
 
 
-def _bare(text: str, pos: int, spans: list[tuple[int, str]]) -> None:
+def boxed_spans(text: str) -> list[str]:
+    """Contents of every well-formed ``\\boxed{...}`` / ``\\fbox{...}`` in order of appearance."""
+    return [content for _, content in boxes(text)]
+
+
+def _bare(text: str, pos: int, start: int, found: list[tuple[int, str]]) -> None:
     token = _BARE_ARG.match(text, pos)
     if token:
-        spans.append((pos, token.group(0)))
+        found.append((start, token.group(0)))
+
+
+def cut_before_answer(text: str) -> str:
+    """The text up to its final answer (the last box), for scoring how strongly it leads there."""
+    found = boxes(text)
+    return text[: found[-1][0]] if found else text
 
 
 def last_boxed(text: str) -> str | None:

@@ -108,6 +108,23 @@ class RunDir:
     def shard(self, index: int) -> Path:
         return self.samples / f"shard-{index:05d}.parquet"
 
+    @property
+    def expert_scores(self) -> Path:
+        return self.root / "expert_scores"
+
+    def expert_shard(self, index: int) -> Path:
+        return self.expert_scores / f"shard-{index:05d}.parquet"
+
+    def table(self, name: str) -> Path:
+        """The folder of a derived table (dpo, grpo, ...); names come from schemas.DATASETS only."""
+        if name not in schemas.DATASETS:
+            raise ValueError(f"not a dataset table: {name!r}")
+        return self.root / name
+
+    @property
+    def report(self) -> Path:
+        return self.root / "report"
+
     def shard_done(self, index: int, key: str) -> bool:
         """Done means: the file exists (so it is complete) and was written for this very key."""
         path = self.shard(index)

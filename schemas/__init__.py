@@ -22,7 +22,7 @@ def _schema(name: str, version: int, fields: list[pa.Field]) -> pa.Schema:
 
 PROBLEMS = _schema(
     "problems",
-    1,
+    2,
     [
         pa.field("problem_id", pa.string(), nullable=False),
         pa.field("question", pa.string(), nullable=False),
@@ -32,8 +32,24 @@ PROBLEMS = _schema(
         pa.field("subject", pa.string()),
         pa.field("source", pa.string(), nullable=False),  # file path or hub id[:config]/split
         pa.field("source_row", pa.int64(), nullable=False),  # row index within the source
+        # The two ExPO scores of the expert solution (null until generation scored it, or when off).
+        pa.field("expert_nll_mean", pa.float64()),
+        pa.field("expert_nll_tokens", pa.int32()),
+        pa.field("expert_answer_logprob", pa.float64()),
     ],
 )
+
+EXPERT_SCORES = _schema(
+    "expert_scores",
+    1,
+    [
+        pa.field("problem_id", pa.string(), nullable=False),
+        pa.field("expert_nll_mean", pa.float64()),
+        pa.field("expert_nll_tokens", pa.int32()),
+        pa.field("expert_answer_logprob", pa.float64()),
+    ],
+)
+"""Per-shard scores of expert solutions, joined into ``problems`` when a run is finalised."""
 
 PROBLEMS_REJECTED = _schema(
     "problems_rejected",
@@ -50,7 +66,7 @@ PROBLEMS_REJECTED = _schema(
 
 SAMPLES = _schema(
     "samples",
-    1,
+    2,
     [
         pa.field("sample_id", pa.string(), nullable=False),  # problem_id/kind/index
         pa.field("problem_id", pa.string(), nullable=False),
@@ -70,10 +86,98 @@ SAMPLES = _schema(
         pa.field("prompt_tokens", pa.int32(), nullable=False),
         pa.field("completion_tokens", pa.int32(), nullable=False),
         pa.field("cumulative_logprob", pa.float64()),  # raw-model log-prob of the sampled tokens
+        pa.field("hint_leak", pa.bool_()),  # explanations only: refers to being given the answer
+        pa.field("hint_leak_reason", pa.string()),
+        # ExPO's two properties, under the policy after the *plain* CoT prompt (null when off):
+        pa.field("nll_mean", pa.float64()),  # mean per-token NLL of the completion (in-distribution)
+        pa.field("nll_tokens", pa.int32()),
+        pa.field("answer_logprob", pa.float64()),  # log p(\boxed{gold} | prompt, completion cut before its answer)
         pa.field("model", pa.string(), nullable=False),
         pa.field("engine", pa.string(), nullable=False),
         pa.field("template_version", pa.string(), nullable=False),
         pa.field("seed", pa.int64(), nullable=False),
+    ],
+)
+
+def _pair_schema(name: str) -> pa.Schema:
+    """ExP-DPO and its baselines: TRL's conversational preference format plus provenance."""
+    return _schema(
+        name,
+        1,
+        [
+            pa.field("prompt", MESSAGES, nullable=False),  # the plain CoT prompt (no answer in it)
+            pa.field("chosen", MESSAGES, nullable=False),
+            pa.field("rejected", MESSAGES, nullable=False),
+            pa.field("problem_id", pa.string(), nullable=False),
+            pa.field("pair_index", pa.int32(), nullable=False),
+            pa.field("level", pa.int8()),
+            pa.field("subject", pa.string()),
+            pa.field("gold", pa.string(), nullable=False),
+            pa.field("chosen_source", pa.string(), nullable=False),  # explanation | expert | cot
+            pa.field("chosen_sample_id", pa.string()),  # null for expert solutions
+            pa.field("rejected_sample_id", pa.string(), nullable=False),
+            pa.field("chosen_nll_mean", pa.float64()),
+            pa.field("chosen_answer_logprob", pa.float64()),
+            pa.field("rejected_nll_mean", pa.float64()),
+            pa.field("rejected_answer_logprob", pa.float64()),
+        ],
+    )
+
+
+DPO = _pair_schema("dpo")
+DPO_EXPERT = _pair_schema("dpo_expert")
+DPO_SELF = _pair_schema("dpo_self")
+
+GRPO = _schema(
+    "grpo",
+    1,
+    [
+        pa.field("prompt", MESSAGES, nullable=False),
+        # The gold written so that TRL's accuracy_reward (Math-Verify) parses it: \boxed{gold}.
+        pa.field("solution", pa.string(), nullable=False),
+        # verl's RL dataset fields.
+        pa.field("data_source", pa.string(), nullable=False),
+        pa.field("ability", pa.string(), nullable=False),
+        pa.field(
+            "reward_model",
+            pa.struct([pa.field("style", pa.string()), pa.field("ground_truth", pa.string())]),
+            nullable=False,
+        ),
+        pa.field(
+            "extra_info",
+            pa.struct(
+                [pa.field("index", pa.int64()), pa.field("problem_id", pa.string()), pa.field("level", pa.int8())]
+            ),
+            nullable=False,
+        ),
+        pa.field("problem_id", pa.string(), nullable=False),
+        pa.field("level", pa.int8()),
+        pa.field("subject", pa.string()),
+        # The G rollouts of the plain prompt ("completions" would collide with TRL's reward kwargs).
+        pa.field("rollouts", pa.list_(pa.string()), nullable=False),
+        pa.field("rollout_rewards", pa.list_(pa.float64()), nullable=False),
+        pa.field("rollout_advantages", pa.list_(pa.float64()), nullable=False),
+        pa.field("pass_rate", pa.float64(), nullable=False),
+        pa.field("explanation", pa.string()),  # best verified, non-leaking explanation: the ExP-SFT target
+        pa.field("explanation_sample_id", pa.string()),
+        pa.field("expert_solution", pa.string()),
+    ],
+)
+
+SFT = _schema(
+    "sft",
+    1,
+    [
+        pa.field("prompt", MESSAGES, nullable=False),  # the plain CoT prompt
+        pa.field("completion", MESSAGES, nullable=False),  # the explanation, as the assistant turn
+        pa.field("problem_id", pa.string(), nullable=False),
+        pa.field("level", pa.int8()),
+        pa.field("subject", pa.string()),
+        pa.field("gold", pa.string(), nullable=False),
+        pa.field("sample_id", pa.string(), nullable=False),
+        pa.field("rank", pa.int32(), nullable=False),  # 0 = the best explanation of its problem
+        pa.field("nll_mean", pa.float64()),
+        pa.field("answer_logprob", pa.float64()),
     ],
 )
 
@@ -93,7 +197,15 @@ TABLES: dict[str, pa.Schema] = {
     "problems": PROBLEMS,
     "problems_rejected": PROBLEMS_REJECTED,
     "samples": SAMPLES,
+    "expert_scores": EXPERT_SCORES,
+    "dpo": DPO,
+    "dpo_expert": DPO_EXPERT,
+    "dpo_self": DPO_SELF,
+    "grpo": GRPO,
+    "sft": SFT,
 }
+DATASETS = ("dpo", "dpo_expert", "dpo_self", "grpo", "sft")
+"""The training sets, each its own folder in the run dir and its own config on the Hub."""
 
 VERDICTS = ("correct", "incorrect", "no_answer", "timeout", "error")
 KINDS = ("cot", "explanation")
