@@ -102,6 +102,24 @@ class VerifierConfig(Strict):
     timeout_s: float = Field(default=5.0, gt=0, description="hard deadline per answer")
 
 
+class ScoringConfig(Strict):
+    enabled: bool = Field(default=True, description="score nll_mean and answer_logprob of every text")
+
+
+class BuildConfig(Strict):
+    """How training sets are cut from the samples; changing it only rebuilds derived tables."""
+
+    pairs_per_problem: int = Field(default=1, ge=1, description="DPO pairs per problem")
+    allow_reuse: bool = Field(default=False, description="reuse a chosen or rejected sample within a problem")
+    best_explanation: Literal["lowest_nll", "highest_answer_logprob", "first"] = Field(
+        default="lowest_nll", description="which verified explanation ranks first"
+    )
+    include_hint_leaks: bool = Field(default=False, description="let explanations flagged as hint leaks in")
+    rejected_verdicts: list[Literal["incorrect", "no_answer", "timeout", "error"]] = Field(
+        default_factory=lambda: ["incorrect", "no_answer"], min_length=1, description="which CoTs can be rejected"
+    )
+
+
 class RunConfig(Strict):
     name: str = Field(default="run", pattern=r"^[A-Za-z0-9][\w.-]*$")
     output_dir: str
@@ -110,6 +128,8 @@ class RunConfig(Strict):
     generation: GenerationConfig = Field(default_factory=GenerationConfig)
     prompts: PromptsConfig = Field(default_factory=PromptsConfig)
     verifier: VerifierConfig = Field(default_factory=VerifierConfig)
+    scoring: ScoringConfig = Field(default_factory=ScoringConfig)
+    build: BuildConfig = Field(default_factory=BuildConfig)
     shard_size: int = Field(default=64, ge=1, description="problems per shard task")
 
     @model_validator(mode="after")

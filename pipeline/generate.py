@@ -1,8 +1,9 @@
 """The generation path, as plain functions the Prefect flow orchestrates.
 
 prepare the run dir -> load and validate problems -> plan shards -> per shard: render prompts, one
-engine call for the shard's CoT and explanation requests, verify, write the shard atomically ->
-summarise and write run.json. Each step reads and writes the run dir, so a step can run in another
+engine call for the shard's CoT and explanation requests, verify, flag hint leaks, score every text
+and the expert solutions in one more engine call, write the shard atomically -> (pipeline.build,
+pipeline.report) -> summarise and write run.json. Each step reads and writes the run dir, so a step can run in another
 task, process or machine and a rerun skips what is already done.
 """
 
@@ -19,19 +20,22 @@ from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
-import pyarrow as pa
+import pyarrow.parquet as pq
 
 import schemas
 from pipeline import __version__, progress
 from pipeline.config import RunConfig, SamplingConfig, diff_configs
 from pipeline.engines import Engine, Request, Result, Sampling, derive_seed
+from pipeline.leaks import detect_leak
 from pipeline.problems import ProblemSet, load_problems
 from pipeline.prompts import PromptTemplate, chat_template_digest, get_template, render_chat
-from pipeline.store import SHARD_KEY_META, RunDir, read_table, write_json, write_parquet
+from pipeline.scoring import NO_SCORES, ScoreInput, Scores, score_texts
+from pipeline.store import SHARD_KEY_META, RunDir, parquet_files, read_table, write_json, write_parquet
 from pipeline.verify import VERIFIER_VERSION, Verdict, VerifierPool
 
-# Config keys that change no output at all: a rerun may change them freely.
-NEUTRAL_KEYS = ("name", "output_dir", "verifier.workers")
+# Config keys that change no generated row: a rerun may change them freely (build settings only
+# change the derived tables, which every run rebuilds).
+NEUTRAL_KEYS = ("name", "output_dir", "verifier.workers", "build")
 # Keys that change which problems a shard holds, not how a problem's rows are made: the shard key
 # covers them through the problems' content instead.
 NON_OUTPUT_KEYS = (*NEUTRAL_KEYS, "shard_size", "problems")
@@ -149,7 +153,8 @@ def write_problems(cfg: RunConfig, run: RunDir, pool: VerifierPool) -> dict[str,
         pool.check_golds,
         progress=lambda valid, read: progress.emit("problems.progress", valid=valid, read=read),
     )
-    write_parquet(schemas.from_rows("problems", pset.problems), run.problems)
+    unscored = {"expert_nll_mean": None, "expert_nll_tokens": None, "expert_answer_logprob": None}
+    write_parquet(schemas.from_rows("problems", [{**p, **unscored} for p in pset.problems]), run.problems)
     write_parquet(schemas.from_rows("problems_rejected", pset.rejected), run.problems_rejected)
     summary = pset.summary()
     progress.emit("problems.done", **summary)
@@ -208,10 +213,20 @@ def build_requests(
     return requests, meta
 
 
+@dataclass(frozen=True)
+class Extra:
+    """Per-completion fields computed after generation: leak flag and the two scores."""
+
+    hint_leak: bool | None = None
+    hint_leak_reason: str | None = None
+    scores: Scores = NO_SCORES
+
+
 def sample_rows(
     shard: int,
     results: list[Result],
     verdicts: list[list[Verdict]],
+    extras: list[list[Extra]],
     meta: dict[str, tuple[dict[str, Any], str, list[dict[str, str]]]],
     requests: list[Request],
     cfg: RunConfig,
@@ -220,7 +235,7 @@ def sample_rows(
 ) -> list[dict[str, Any]]:
     label = model_label(cfg.model.path)
     rows = []
-    for req, res, vs in zip(requests, results, verdicts, strict=True):
+    for req, res, vs, xs in zip(requests, results, verdicts, extras, strict=True):
         problem, kind, messages = meta[req.request_id]
         if res.error is not None:
             completions = [None] * req.sampling.n
@@ -228,6 +243,7 @@ def sample_rows(
             completions = res.completions
         for i, c in enumerate(completions):
             v = vs[i] if c is not None else Verdict("error", None, None, f"engine: {res.error}")
+            x = xs[i] if c is not None else Extra()
             rows.append(
                 {
                     "sample_id": f"{problem['problem_id']}/{kind}/{i}",
@@ -248,6 +264,11 @@ def sample_rows(
                     "prompt_tokens": res.prompt_tokens,
                     "completion_tokens": len(c.token_ids) if c else 0,
                     "cumulative_logprob": c.cumulative_logprob if c else None,
+                    "hint_leak": x.hint_leak,
+                    "hint_leak_reason": x.hint_leak_reason,
+                    "nll_mean": x.scores.nll_mean,
+                    "nll_tokens": x.scores.nll_tokens,
+                    "answer_logprob": x.scores.answer_logprob,
                     "model": label,
                     "engine": engine_name,
                     "template_version": template.version,
@@ -255,6 +276,63 @@ def sample_rows(
                 }
             )
     return rows
+
+
+def plain_prompt_ids(engine: Engine, template: PromptTemplate, question: str) -> list[int]:
+    """The CoT prompt as token ids: the context every ExPO score is measured in."""
+    text = render_chat(engine.tokenizer, template.messages("cot", question))
+    return list(engine.tokenizer.encode(text, add_special_tokens=False))
+
+
+def extras_for(
+    requests: list[Request],
+    results: list[Result],
+    meta: dict[str, tuple[dict[str, Any], str, list[dict[str, str]]]],
+    problems: list[dict[str, Any]],
+    cfg: RunConfig,
+    engine: Engine,
+    template: PromptTemplate,
+) -> tuple[list[list[Extra]], list[dict[str, Any]]]:
+    """Leak flags for explanations, and (when scoring is on) both scores for every completion and
+    for each problem's expert solution, all in one engine call."""
+    leaks: list[list[tuple[bool | None, str | None]]] = []
+    for req, res in zip(requests, results, strict=True):
+        problem, kind, _ = meta[req.request_id]
+        row = []
+        for c in res.completions:
+            if kind == "explanation":
+                leak = detect_leak(c.text, template.hint(problem["answer"]), problem["question"])
+                row.append((leak is not None, leak.reason if leak else None))
+            else:
+                row.append((None, None))
+        leaks.append(row)
+    scores: list[list[Scores]] = [[NO_SCORES] * len(res.completions) for res in results]
+    expert_rows: list[dict[str, Any]] = []
+    if cfg.scoring.enabled:
+        plain = {p["problem_id"]: plain_prompt_ids(engine, template, p["question"]) for p in problems}
+        items: list[ScoreInput] = []
+        for req, res in zip(requests, results, strict=True):
+            problem = meta[req.request_id][0]
+            items.extend(ScoreInput(plain[problem["problem_id"]], c.text, problem["answer"]) for c in res.completions)
+        experts = [p for p in problems if p["expert_solution"]]
+        items.extend(ScoreInput(plain[p["problem_id"]], p["expert_solution"], p["answer"]) for p in experts)
+        flat = iter(score_texts(engine, items))
+        scores = [[next(flat) for _ in res.completions] for res in results]
+        for p in experts:
+            sc = next(flat)
+            expert_rows.append(
+                {
+                    "problem_id": p["problem_id"],
+                    "expert_nll_mean": sc.nll_mean,
+                    "expert_nll_tokens": sc.nll_tokens,
+                    "expert_answer_logprob": sc.answer_logprob,
+                }
+            )
+    extras = [
+        [Extra(leak, reason, sc) for (leak, reason), sc in zip(lrow, srow, strict=True)]
+        for lrow, srow in zip(leaks, scores, strict=True)
+    ]
+    return extras, expert_rows
 
 
 def verify_by_problem(
@@ -296,9 +374,15 @@ def run_shard(cfg: RunConfig, run: RunDir, plan: ShardPlan, engine: Engine, pool
     t_gen = time.monotonic()
     verdicts = verify_by_problem(requests, results, meta, pool)
     t_ver = time.monotonic()
-    rows = sample_rows(plan.index, results, verdicts, meta, requests, cfg, template, engine.name)
+    extras, expert_rows = extras_for(requests, results, meta, problems, cfg, engine, template)
+    t_score = time.monotonic()
+    rows = sample_rows(plan.index, results, verdicts, extras, meta, requests, cfg, template, engine.name)
     table = schemas.from_rows("samples", rows)
-    write_parquet(table, run.shard(plan.index), extra_meta={SHARD_KEY_META: plan.key.encode()})
+    shard_meta = {SHARD_KEY_META: plan.key.encode()}
+    if cfg.scoring.enabled:
+        # Before the samples shard: that file is the done-marker, so it must come last.
+        write_parquet(schemas.from_rows("expert_scores", expert_rows), run.expert_shard(plan.index), shard_meta)
+    write_parquet(table, run.shard(plan.index), extra_meta=shard_meta)
     stats = {
         "index": plan.index,
         "key": plan.key,
@@ -307,6 +391,7 @@ def run_shard(cfg: RunConfig, run: RunDir, plan: ShardPlan, engine: Engine, pool
         "rows": len(rows),
         "generate_s": round(t_gen - t0, 3),
         "verify_s": round(t_ver - t_gen, 3),
+        "score_s": round(t_score - t_ver, 3),
         "total_s": round(time.monotonic() - t0, 3),
     }
     progress.emit("shard.done", **stats)
@@ -315,63 +400,6 @@ def run_shard(cfg: RunConfig, run: RunDir, plan: ShardPlan, engine: Engine, pool
 
 # ----------------------------------------------------------------------------------------------
 # Summary and run.json
-
-
-def _acc(correct: int, total: int) -> float | None:
-    return round(correct / total, 4) if total else None
-
-
-def summarize(samples: pa.Table) -> dict[str, Any]:
-    """Counts and accuracy by kind and level: the first thing a user checks after a run."""
-    rows = samples.select(["problem_id", "kind", "level", "verdict"]).to_pylist()
-    by_kind: dict[str, dict[str, int]] = {}
-    by_level: dict[str, dict[str, list[int]]] = {}
-    per_problem: dict[tuple[str, str], bool] = {}
-    for r in rows:
-        k = by_kind.setdefault(r["kind"], {v: 0 for v in schemas.VERDICTS})
-        k[r["verdict"]] += 1
-        level = str(r["level"]) if r["level"] is not None else "none"
-        cell = by_level.setdefault(level, {}).setdefault(r["kind"], [0, 0])
-        cell[0] += r["verdict"] == "correct"
-        cell[1] += 1
-        key = (r["problem_id"], r["kind"])
-        per_problem[key] = per_problem.get(key, False) or r["verdict"] == "correct"
-    kinds = {}
-    for kind, counts in by_kind.items():
-        total = sum(counts.values())
-        solved = sum(1 for (_, k), ok in per_problem.items() if k == kind and ok)
-        n_problems = sum(1 for (_, k) in per_problem if k == kind)
-        kinds[kind] = {
-            "samples": total,
-            "verdicts": counts,
-            "accuracy": _acc(counts["correct"], total),
-            "problems": n_problems,
-            "problems_with_a_correct_sample": solved,
-        }
-    levels = {
-        level: {kind: {"correct": c, "samples": t, "accuracy": _acc(c, t)} for kind, (c, t) in sorted(cells.items())}
-        for level, cells in sorted(by_level.items())
-    }
-    return {"samples": len(rows), "by_kind": kinds, "by_level": levels}
-
-
-def summary_table_rows(summary: dict[str, Any]) -> list[dict[str, Any]]:
-    """Accuracy by level and kind as flat rows (for a Prefect table artifact and the terminal)."""
-    out = []
-    for level, cells in summary["by_level"].items():
-        row: dict[str, Any] = {"level": level}
-        for kind in schemas.KINDS:
-            cell = cells.get(kind)
-            row[f"{kind}_accuracy"] = cell["accuracy"] if cell else None
-            row[f"{kind}_samples"] = cell["samples"] if cell else 0
-        out.append(row)
-    total: dict[str, Any] = {"level": "all"}
-    for kind in schemas.KINDS:
-        k = summary["by_kind"].get(kind)
-        total[f"{kind}_accuracy"] = k["accuracy"] if k else None
-        total[f"{kind}_samples"] = k["samples"] if k else 0
-    out.append(total)
-    return out
 
 
 def _dist_version(name: str) -> str | None:
@@ -413,6 +441,35 @@ def engine_description(run: RunDir, shard_stats: list[dict[str, Any]], load: Cal
     return describe_engine(load())
 
 
+def table_manifest(run: RunDir) -> dict[str, Any]:
+    """Rows and file hashes of every table: what a consumer checks to know it has the same data."""
+    out: dict[str, Any] = {}
+    folders = {
+        "problems": run.problems.parent,
+        "problems_rejected": run.problems_rejected.parent,
+        "samples": run.samples,
+        "expert_scores": run.expert_scores,
+        **{name: run.table(name) for name in schemas.DATASETS},
+    }
+    for name, folder in folders.items():
+        if not folder.exists():
+            continue
+        files = parquet_files(folder)
+        out[name] = {
+            "rows": sum(pq.ParquetFile(f).metadata.num_rows for f in files),
+            "files": {f.relative_to(run.root).as_posix(): _sha256(f) for f in files},
+        }
+    return out
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
 def write_run_json(
     cfg: RunConfig,
     run: RunDir,
@@ -420,6 +477,7 @@ def write_run_json(
     problems_summary: dict[str, Any],
     shard_stats: list[dict[str, Any]],
     summary: dict[str, Any],
+    build_stats: dict[str, Any],
     timings: dict[str, float],
 ) -> Path:
     template = get_template(cfg.prompts.template)
@@ -455,6 +513,9 @@ def write_run_json(
             "shards_skipped": [s["index"] for s in shard_stats if s.get("skipped")],
         },
         "summary": summary,
+        "build": {"settings": cfg.build.model_dump(), **build_stats},
+        "scoring": cfg.scoring.model_dump(),
+        "tables": table_manifest(run),
         "timings": timings,
     }
     return write_json(doc, run.run_json)

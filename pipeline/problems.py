@@ -296,7 +296,10 @@ def map_row(raw: dict[str, Any], m: Mapping) -> dict[str, Any]:
     if m.format == "gsm8k" and solution is not None:
         if answer is None:
             answer = gsm8k_final(solution)
-        expert = strip_gsm8k_calculator(solution.split("####")[0]).strip() or None
+        prose = strip_gsm8k_calculator(solution.split("####")[0]).strip()
+        # End like every other expert solution (and like the prompt asks): with the boxed answer,
+        # so expert-chosen DPO rows teach the same answer format as the explanations.
+        expert = f"{prose}\nThe final answer is $\\boxed{{{answer.strip()}}}$." if prose and answer else None
     elif answer is None and solution is not None:
         answer = last_boxed(solution)
     if m.format == "gsm8k" and answer is not None:
