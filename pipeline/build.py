@@ -1,0 +1,346 @@
+"""Training sets from the sample tables: ExP-DPO pairs and baselines, GRPO groups, ExP-SFT rows.
+
+Pure functions over Parquet: polars lazy scans, one samples shard at a time (a problem's samples all
+live in one shard), so memory does not grow with the run. Each table is written as a folder of parts
+and swapped in whole, so a reader never sees half a rebuild.
+
+Rules (``build`` in the run config):
+- chosen explanation: kind ``explanation``, verdict ``correct``, not a hint leak (unless allowed),
+  ranked by ``best_explanation`` (default: lowest ``nll_mean``; ties and missing scores fall back
+  to sample order);
+- rejected: an own CoT whose verdict is in ``rejected_verdicts`` (default incorrect and no_answer;
+  timeouts and errors are unknown, not wrong), in sample order;
+- pairs: chosen rank i with rejected rank i (no sample reused within a problem), or, with
+  ``allow_reuse``, every combination best-first; at most ``pairs_per_problem``;
+- ``dpo_expert`` and ``dpo_self`` take exactly the ``dpo`` pairs and replace only the chosen side
+  (the expert solution; an own correct CoT ranked like explanations). A pair whose problem has no such
+  candidate is left out of that set and counted.
+"""
+
+from __future__ import annotations
+
+import shutil
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+import schemas
+from pipeline.config import BuildConfig
+from pipeline.store import RunDir, parquet_files, read_table, write_parquet
+
+CHOSEN_COLS = ["chosen_sample_id", "chosen_text", "chosen_nll_mean", "chosen_answer_logprob"]
+
+
+def trl_solution(gold: str) -> pl.Expr:
+    """The gold inside ``\\boxed{}``: TRL's accuracy_reward parses every gold format that way,
+    while raw LaTeX outside math delimiters (``x^2+6x+9``, ``[-3,4)``) makes it skip the row."""
+    return pl.concat_str(pl.lit("\\boxed{"), pl.col(gold), pl.lit("}"))
+
+
+def _assistant(col: str) -> pl.Expr:
+    return pl.concat_list(pl.struct(role=pl.lit("assistant"), content=pl.col(col)))
+
+
+def _ranked(frame: pl.LazyFrame, rule: str, name: str) -> pl.LazyFrame:
+    """Order candidates within each problem by the rule, and number them 0, 1, ... as ``name``."""
+    if rule == "lowest_nll":
+        keys, desc = ["problem_id", "nll_mean", "sample_index"], [False, False, False]
+    elif rule == "highest_answer_logprob":
+        keys, desc = ["problem_id", "answer_logprob", "sample_index"], [False, True, False]
+    elif rule == "first":
+        keys, desc = ["problem_id", "sample_index"], [False, False]
+    else:
+        raise ValueError(f"unknown ranking rule {rule!r}")
+    return frame.sort(keys, descending=desc, nulls_last=True).with_columns(
+        pl.int_range(pl.len()).over("problem_id").alias(name)
+    )
+
+
+def _candidates(samples: pl.LazyFrame, cfg: BuildConfig) -> dict[str, pl.LazyFrame]:
+    leak_ok = pl.lit(True) if cfg.include_hint_leaks else ~pl.col("hint_leak").fill_null(False)
+    explanations = samples.filter((pl.col("kind") == "explanation") & (pl.col("verdict") == "correct") & leak_ok)
+    rejected = samples.filter((pl.col("kind") == "cot") & pl.col("verdict").is_in(cfg.rejected_verdicts))
+    correct_cots = samples.filter((pl.col("kind") == "cot") & (pl.col("verdict") == "correct"))
+    plain_prompt = (
+        samples.filter(pl.col("kind") == "cot")
+        .sort(["problem_id", "sample_index"])
+        .group_by("problem_id", maintain_order=True)
+        .agg(pl.col("prompt").first().alias("plain_prompt"))
+    )
+    return {
+        "explanations": _ranked(explanations, cfg.best_explanation, "e_rank"),
+        "rejected": _ranked(rejected, "first", "r_rank"),
+        "correct_cots": _ranked(correct_cots, cfg.best_explanation, "c_rank"),
+        "plain_prompt": plain_prompt,
+    }
+
+
+def _pairs(c: dict[str, pl.LazyFrame], cfg: BuildConfig) -> pl.LazyFrame:
+    e = c["explanations"].select(
+        "problem_id",
+        "e_rank",
+        pl.col("sample_id").alias("chosen_sample_id"),
+        pl.col("completion").alias("chosen_text"),
+        pl.col("nll_mean").alias("chosen_nll_mean"),
+        pl.col("answer_logprob").alias("chosen_answer_logprob"),
+    )
+    r = c["rejected"].select(
+        "problem_id",
+        "r_rank",
+        "level",
+        "subject",
+        "gold",
+        pl.col("prompt").alias("plain_prompt"),
+        pl.col("sample_id").alias("rejected_sample_id"),
+        pl.col("completion").alias("rejected_text"),
+        pl.col("nll_mean").alias("rejected_nll_mean"),
+        pl.col("answer_logprob").alias("rejected_answer_logprob"),
+    )
+    pairs = e.join(r, on="problem_id", how="inner")
+    if not cfg.allow_reuse:
+        pairs = pairs.filter(pl.col("e_rank") == pl.col("r_rank"))
+    return (
+        pairs.with_columns((pl.col("e_rank") + pl.col("r_rank")).alias("_order"))
+        .sort(["problem_id", "_order", "r_rank"])
+        .with_columns(pl.int_range(pl.len()).over("problem_id").cast(pl.Int32).alias("pair_index"))
+        .filter(pl.col("pair_index") < cfg.pairs_per_problem)
+        .drop("_order")
+    )
+
+
+def _pair_table(pairs: pl.LazyFrame, source: str) -> pl.LazyFrame:
+    return pairs.select(
+        pl.col("plain_prompt").alias("prompt"),
+        _assistant("chosen_text").alias("chosen"),
+        _assistant("rejected_text").alias("rejected"),
+        "problem_id",
+        "pair_index",
+        "level",
+        "subject",
+        "gold",
+        pl.lit(source).alias("chosen_source"),
+        "chosen_sample_id",
+        "rejected_sample_id",
+        "chosen_nll_mean",
+        "chosen_answer_logprob",
+        "rejected_nll_mean",
+        "rejected_answer_logprob",
+    )
+
+
+def _with_expert(pairs: pl.LazyFrame, problems: pl.LazyFrame) -> pl.LazyFrame:
+    expert = problems.select(
+        "problem_id",
+        pl.lit(None, dtype=pl.String).alias("chosen_sample_id"),
+        pl.col("expert_solution").alias("chosen_text"),
+        pl.col("expert_nll_mean").alias("chosen_nll_mean"),
+        pl.col("expert_answer_logprob").alias("chosen_answer_logprob"),
+    ).filter(pl.col("chosen_text").is_not_null())
+    return pairs.drop(CHOSEN_COLS).join(expert, on="problem_id", how="inner")
+
+
+def _with_own_correct(pairs: pl.LazyFrame, correct: pl.LazyFrame, cfg: BuildConfig) -> pl.LazyFrame:
+    own = correct.select(
+        "problem_id",
+        "c_rank",
+        pl.len().over("problem_id").alias("_n_correct"),
+        pl.col("sample_id").alias("chosen_sample_id"),
+        pl.col("completion").alias("chosen_text"),
+        pl.col("nll_mean").alias("chosen_nll_mean"),
+        pl.col("answer_logprob").alias("chosen_answer_logprob"),
+    )
+    joined = pairs.drop(CHOSEN_COLS).join(own, on="problem_id", how="inner")
+    want = pl.col("pair_index") % pl.col("_n_correct") if cfg.allow_reuse else pl.col("pair_index")
+    return joined.filter(pl.col("c_rank") == want).drop("c_rank", "_n_correct")
+
+
+def _grpo(samples: pl.LazyFrame, c: dict[str, pl.LazyFrame], problems: pl.LazyFrame) -> pl.LazyFrame:
+    reward = (pl.col("verdict") == "correct").cast(pl.Float64)
+    mean = reward.mean().over("problem_id")
+    std = reward.std(ddof=1).over("problem_id")  # as TRL's GRPOTrainer (torch.std, unbiased)
+    advantage = pl.when(std.fill_null(0.0) > 0).then((reward - mean) / std).otherwise(0.0)
+    groups = (
+        samples.filter(pl.col("kind") == "cot")
+        .sort(["problem_id", "sample_index"])
+        .with_columns(reward.alias("_reward"), advantage.alias("_advantage"))
+        .group_by("problem_id", maintain_order=True)
+        .agg(
+            pl.col("prompt").first(),
+            pl.col("gold").first(),
+            pl.col("completion").alias("rollouts"),
+            pl.col("_reward").alias("rollout_rewards"),
+            pl.col("_advantage").alias("rollout_advantages"),
+            pl.col("_reward").mean().alias("pass_rate"),
+        )
+    )
+    best = (
+        c["explanations"]
+        .filter(pl.col("e_rank") == 0)
+        .select(
+            "problem_id", pl.col("completion").alias("explanation"), pl.col("sample_id").alias("explanation_sample_id")
+        )
+    )
+    info = problems.select("problem_id", "level", "subject", "expert_solution", "source", "_index")
+    return (
+        groups.join(info, on="problem_id", how="inner")
+        .join(best, on="problem_id", how="left")
+        .select(
+            "prompt",
+            trl_solution("gold").alias("solution"),
+            pl.col("source").alias("data_source"),
+            pl.lit("math").alias("ability"),
+            pl.struct(style=pl.lit("rule"), ground_truth=pl.col("gold")).alias("reward_model"),
+            pl.struct(index=pl.col("_index"), problem_id=pl.col("problem_id"), level=pl.col("level")).alias(
+                "extra_info"
+            ),
+            "problem_id",
+            "level",
+            "subject",
+            "rollouts",
+            "rollout_rewards",
+            "rollout_advantages",
+            "pass_rate",
+            "explanation",
+            "explanation_sample_id",
+            "expert_solution",
+        )
+    )
+
+
+def _sft(c: dict[str, pl.LazyFrame]) -> pl.LazyFrame:
+    return (
+        c["explanations"]
+        .join(c["plain_prompt"], on="problem_id", how="inner")
+        .select(
+            pl.col("plain_prompt").alias("prompt"),
+            _assistant("completion").alias("completion"),
+            "problem_id",
+            "level",
+            "subject",
+            "gold",
+            "sample_id",
+            pl.col("e_rank").cast(pl.Int32).alias("rank"),
+            "nll_mean",
+            "answer_logprob",
+        )
+    )
+
+
+def _in_problem_order(frame: pl.LazyFrame, problems: pl.LazyFrame, *keys: str) -> pl.LazyFrame:
+    order = problems.select("problem_id", "_index")
+    return frame.join(order, on="problem_id", how="inner").sort(["_index", *keys]).drop("_index")
+
+
+def _to_arrow(frame: pl.LazyFrame, name: str) -> pa.Table:
+    target = schemas.schema(name)
+    table = frame.collect().to_arrow()
+    return table.select(target.names).cast(target)
+
+
+def finalize_problems(run: RunDir) -> pa.Table:
+    """Join the per-shard expert-solution scores into the problems table (rewritten atomically)."""
+    problems = read_table(run.problems, "problems")
+    if not run.expert_scores.exists() or not parquet_files(run.expert_scores):
+        return problems
+    scores = read_table(run.expert_scores, "expert_scores")
+    by_id = {r["problem_id"]: r for r in scores.to_pylist()}
+    rows = problems.to_pylist()
+    for r in rows:
+        s = by_id.get(r["problem_id"])
+        if s:
+            r.update({k: s[k] for k in ("expert_nll_mean", "expert_nll_tokens", "expert_answer_logprob")})
+    table = schemas.from_rows("problems", rows)
+    write_parquet(table, run.problems)
+    return table
+
+
+def build_datasets(run: RunDir, cfg: BuildConfig) -> dict[str, Any]:
+    """Rebuild every training set from the samples shards; returns counts for run.json and report."""
+    problems_table = read_table(run.problems, "problems")
+    problems = pl.from_arrow(problems_table).lazy().with_columns(pl.int_range(pl.len()).alias("_index"))
+    staging = {name: run.root / f".{name}.new" for name in schemas.DATASETS}
+    for path in staging.values():
+        shutil.rmtree(path, ignore_errors=True)
+        path.mkdir(parents=True)
+    counts: Counter[str] = Counter()
+    paired: set[str] = set()
+    by_level: dict[str, Counter[str]] = {name: Counter() for name in schemas.DATASETS}
+    shards = parquet_files(run.samples)
+    for shard_file in shards:
+        schemas.check(pq.read_schema(shard_file), "samples", where=str(shard_file))
+        samples = pl.scan_parquet(shard_file)
+        c = _candidates(samples, cfg)
+        pairs = _pairs(c, cfg)
+        frames = {
+            "dpo": _pair_table(pairs, "explanation"),
+            "dpo_expert": _pair_table(_with_expert(pairs, problems), "expert"),
+            "dpo_self": _pair_table(_with_own_correct(pairs, c["correct_cots"], cfg), "cot"),
+            "grpo": _grpo(samples, c, problems),
+            "sft": _sft(c),
+        }
+        for name, frame in frames.items():
+            keys = ("pair_index",) if name.startswith("dpo") else ("rank",) if name == "sft" else ()
+            table = _to_arrow(_in_problem_order(frame, problems, *keys), name)
+            if table.num_rows == 0:
+                continue  # no empty parts: `datasets` refuses a folder that holds one
+            write_parquet(table, staging[name] / shard_file.name.replace("shard-", "part-"))
+            counts[name] += table.num_rows
+            for level in table.column("level").to_pylist():
+                by_level[name][str(level) if level is not None else "none"] += 1
+            if name == "dpo":
+                paired.update(table.column("problem_id").to_pylist())
+    for name, path in staging.items():
+        _swap_in(path, run.table(name))
+    stats = _coverage(run, cfg, problems_table.num_rows, len(paired))
+    stats["dpo_pairs_without_candidate"] = {
+        "dpo_expert": counts["dpo"] - counts["dpo_expert"],
+        "dpo_self": counts["dpo"] - counts["dpo_self"],
+    }
+    return {
+        "rows": {name: counts[name] for name in schemas.DATASETS},
+        "rows_by_level": {name: dict(sorted(by_level[name].items())) for name in schemas.DATASETS},
+        **stats,
+    }
+
+
+def _swap_in(staged: Path, final: Path) -> None:
+    """Replace a table folder by its rebuilt version; a crash in between leaves it to the next run."""
+    old = final.with_name(f".{final.name}.old")
+    shutil.rmtree(old, ignore_errors=True)
+    if final.exists():
+        final.rename(old)
+    staged.rename(final)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def _coverage(run: RunDir, cfg: BuildConfig, n_problems: int, paired: int) -> dict[str, Any]:
+    """How many problems each set could not use, and why: nothing goes missing silently."""
+    samples = pl.scan_parquet([str(p) for p in parquet_files(run.samples)])
+    c = _candidates(samples, cfg)
+    with_expl = c["explanations"].select("problem_id").unique().collect().height
+    with_rejected = c["rejected"].select("problem_id").unique().collect().height
+    leaks = (
+        samples.filter(pl.col("kind") == "explanation")
+        .select(
+            pl.len().alias("explanations"),
+            pl.col("hint_leak").fill_null(False).sum().alias("hint_leaks"),
+            ((pl.col("verdict") == "correct") & pl.col("hint_leak").fill_null(False)).sum().alias("correct_leaks"),
+        )
+        .collect()
+        .row(0, named=True)
+    )
+    return {
+        "problems": {
+            "total": n_problems,
+            "with_verified_explanation": with_expl,
+            "with_rejectable_cot": with_rejected,
+            "paired": paired,
+            "without_verified_explanation": n_problems - with_expl,
+            "without_rejectable_cot": n_problems - with_rejected,
+        },
+        "hint_leaks": leaks,
+    }
