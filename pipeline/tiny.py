@@ -26,7 +26,7 @@ from typing import Any
 
 from pipeline.prompts import EXPO_V1, PromptTemplate
 
-BUILD_RECIPE_VERSION = "tiny-expo-5"
+BUILD_RECIPE_VERSION = "tiny-expo-6"
 
 CHAT_TEMPLATE = (
     "{% for message in messages %}"
@@ -314,8 +314,9 @@ def _gen_generic(rng: random.Random) -> tuple[str, str, list[str]]:
 
 
 def _gen_fact(rng: random.Random) -> tuple[str, str, list[str]]:
-    """Single-digit facts: few enough to memorise, so a plain CoT is sometimes right, as on easy MATH."""
-    a, b = rng.randint(1, 12), rng.randint(1, 12)
+    """Single-digit facts (81 per operation): few enough to memorise, so the plain CoT is right on the
+    easiest problems, as a real model is on easy MATH, and GRPO groups get mixed rewards."""
+    a, b = rng.randint(1, 9), rng.randint(1, 9)
     op = rng.randrange(4)
     if op == 0:
         return f"What is ${a}+{b}$?", str(a + b), [f"We add {a} and {b}.", f"{a} + {b} = {a + b}"]
@@ -334,6 +335,8 @@ GENERATORS: list[Callable[[random.Random], tuple[str, str, list[str]]]] = [
     _gen_two_step,
     _gen_fraction,
     _gen_linear,
+    _gen_fact,
+    _gen_fact,
     _gen_fact,
     _gen_generic,
     _gen_generic,
