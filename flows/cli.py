@@ -68,7 +68,7 @@ def _fmt(value: Any) -> str:
 
 
 def print_summary(summary: dict[str, Any], problems: dict[str, Any] | None = None) -> None:
-    from pipeline.generate import summary_table_rows
+    from pipeline.report import summary_table_rows
 
     if problems:
         rejected = ", ".join(f"{k}: {v}" for k, v in problems["rejected_by_reason"].items()) or "none"
@@ -187,8 +187,11 @@ def run(
     doc = RunDir(run_dir).load_run_json() or {}
     print_summary(doc.get("summary", {"by_level": {}, "by_kind": {}}), doc.get("problems"))
     console.print(f"\nrun dir: [bold]{run_dir}[/] (total {doc.get('timings', {}).get('total_s', 0):.1f}s)")
-    for name in ("problems", "problems_rejected", "samples"):
-        console.print(f"  {name + '/':<20} {Path(run_dir) / name}")
+    rows = doc.get("tables") or {}
+    for name in ("problems", "problems_rejected", "samples", "dpo", "dpo_expert", "dpo_self", "grpo", "sft", "report"):
+        count = rows.get(name, {}).get("rows")
+        suffix = f"  ({count} rows)" if count is not None else ""
+        console.print(f"  {name + '/':<20} {Path(run_dir) / name}{suffix}")
     console.print(f"  {'run.json':<20} {Path(run_dir) / 'run.json'}")
 
 
@@ -208,7 +211,7 @@ def inspect(
 ) -> None:
     """Counts and a few rows of every table in a run dir."""
     from pipeline.store import RunDir, read_table
-    from schemas import TABLES
+    from schemas import DATASETS, TABLES
 
     run = RunDir(run_dir)
     if not run.root.is_dir():
@@ -223,6 +226,7 @@ def inspect(
     else:
         console.print("[yellow]no run.json: the run has not finished (or this is not a run dir)[/]")
     paths = {"problems": run.problems, "problems_rejected": run.problems_rejected, "samples": run.samples}
+    paths.update({name: run.table(name) for name in DATASETS})
     for name, path in paths.items():
         if not path.exists():
             console.print(f"\n[bold]{name}[/]: missing")
@@ -281,6 +285,24 @@ def verify(
     total = sum(counts.values())
     summary = ", ".join(f"{k}: {v}" for k, v in sorted(counts.items()))
     console.print(f"verified {total} rows ({summary}) -> {target}")
+
+
+@app.command()
+def report(
+    run_dir: Annotated[Path, typer.Argument(help="a run dir written by `expo-data run`")],
+) -> None:
+    """Rebuild report/ (markdown and plots) from the tables in a run dir."""
+    from pipeline.report import write_report
+    from pipeline.store import RunDir
+
+    run = RunDir(run_dir)
+    if not run.samples.is_dir():
+        _fail(f"no samples in {run_dir}: not a run dir, or the run has not generated anything yet")
+    try:
+        write_report(run)
+    except _user_errors() as e:
+        _fail(str(e))
+    console.print(f"report: {run.report / 'report.md'}")
 
 
 @tiny_app.command("build")

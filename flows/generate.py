@@ -11,10 +11,12 @@ import time
 from typing import Any
 
 from prefect import flow, get_run_logger, task
-from prefect.artifacts import create_table_artifact
+from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
 
+from pipeline import build
 from pipeline import generate as gen
+from pipeline import report as rep
 from pipeline.config import RunConfig, load_config
 from pipeline.engines import get_engine
 from pipeline.store import RunDir, read_table
@@ -51,25 +53,50 @@ def shard_task(cfg: RunConfig, run: RunDir, plan: gen.ShardPlan, pool: VerifierP
     return stats
 
 
+@task(name="build-datasets", cache_policy=NO_CACHE)
+def build_task(cfg: RunConfig, run: RunDir) -> dict[str, Any]:
+    build.finalize_problems(run)
+    stats = build.build_datasets(run, cfg.build)
+    get_run_logger().info("datasets: %s", stats["rows"])
+    return stats
+
+
 @task(name="summarize", cache_policy=NO_CACHE)
 def summarize_task(
     cfg: RunConfig,
     run: RunDir,
     problems_summary: dict[str, Any],
     shard_stats: list[dict[str, Any]],
+    build_stats: dict[str, Any],
     timings: dict[str, float],
 ) -> dict[str, Any]:
-    summary = gen.summarize(read_table(run.samples, "samples"))
+    summary = rep.summarize(read_table(run.samples, "samples"))
     engine_info = gen.engine_description(
         run, shard_stats, lambda: get_engine(cfg.model, seed=cfg.generation.sampling.seed)
     )
-    gen.write_run_json(cfg, run, engine_info, problems_summary, shard_stats, summary, timings)
+    gen.write_run_json(cfg, run, engine_info, problems_summary, shard_stats, summary, build_stats, timings)
     create_table_artifact(
-        key=f"expo-summary-{cfg.name.lower().replace('_', '-').replace('.', '-')}",
-        table=gen.summary_table_rows(summary),
+        key=f"expo-summary-{_artifact_key(cfg.name)}",
+        table=rep.summary_table_rows(summary),
         description=f"ExPO generation `{cfg.name}`: accuracy by level, CoT vs self-explanation",
     )
     return summary
+
+
+@task(name="report", cache_policy=NO_CACHE)
+def report_task(cfg: RunConfig, run: RunDir) -> str:
+    markdown = rep.write_report(run)
+    create_markdown_artifact(
+        key=f"expo-report-{_artifact_key(cfg.name)}",
+        markdown=markdown,
+        description=f"ExPO run report `{cfg.name}` (plots in {run.report})",
+    )
+    return str(run.report)
+
+
+def _artifact_key(name: str) -> str:
+    """Prefect artifact keys allow lowercase letters, digits and dashes only."""
+    return "".join(ch if ch.isalnum() else "-" for ch in name.lower())
 
 
 @flow(name="expo-generate", log_prints=True)
@@ -84,10 +111,14 @@ def generate_flow(config_path: str, overrides: list[str] | None = None, force_ne
         plans = gen.plan_shards(cfg, run)
         shard_stats = [shard_task(cfg, run, plan, pool) for plan in plans]
         t_shards = time.monotonic()
+        build_stats = build_task(cfg, run)
+        t_build = time.monotonic()
         timings = {
             "problems_s": round(t_problems - t0, 3),
             "shards_s": round(t_shards - t_problems, 3),
+            "build_s": round(t_build - t_shards, 3),
         }
         timings["total_s"] = round(time.monotonic() - t0, 3)
-        summarize_task(cfg, run, problems_summary, shard_stats, timings)
+        summarize_task(cfg, run, problems_summary, shard_stats, build_stats, timings)
+        report_task(cfg, run)
     return str(run.root)

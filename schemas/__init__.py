@@ -99,6 +99,7 @@ SAMPLES = _schema(
     ],
 )
 
+
 def _pair_schema(name: str) -> pa.Schema:
     """ExP-DPO and its baselines: TRL's conversational preference format plus provenance."""
     return _schema(

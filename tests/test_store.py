@@ -16,6 +16,9 @@ def _problem(i):
         "subject": None,
         "source": "x.jsonl",
         "source_row": i,
+        "expert_nll_mean": None,
+        "expert_nll_tokens": None,
+        "expert_answer_logprob": None,
     }
 
 

@@ -1,0 +1,345 @@
+"""The run report: what a researcher checks before training on a run.
+
+Everything is recomputed from the tables in the run dir (never from memory of the run), so
+``expo-data report RUN_DIR`` rebuilds the same page at any time: accuracy by level for CoT vs
+explanations, the two ExPO scores by kind of text, pair counts per level, hint leaks.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+
+import schemas
+from pipeline.store import RunDir, atomic_write, parquet_files, read_table
+
+PLOTS = ("accuracy_by_level.png", "nll_mean.png", "answer_logprob.png", "pairs_by_level.png", "hint_leaks.png")
+
+
+def _acc(correct: int, total: int) -> float | None:
+    return round(correct / total, 4) if total else None
+
+
+def summarize(samples: Any) -> dict[str, Any]:
+    """Counts and accuracy by kind and level (``samples``: an Arrow table or a polars frame)."""
+    df = (
+        samples
+        if isinstance(samples, pl.DataFrame)
+        else pl.from_arrow(samples.select(["problem_id", "kind", "level", "verdict"]))
+    )
+    kinds: dict[str, Any] = {}
+    for kind in schemas.KINDS:
+        part = df.filter(pl.col("kind") == kind)
+        if part.height == 0:
+            continue
+        counts = {v: part.filter(pl.col("verdict") == v).height for v in schemas.VERDICTS}
+        solved = part.group_by("problem_id").agg((pl.col("verdict") == "correct").any().alias("ok"))
+        kinds[kind] = {
+            "samples": part.height,
+            "verdicts": counts,
+            "accuracy": _acc(counts["correct"], part.height),
+            "problems": solved.height,
+            "problems_with_a_correct_sample": int(solved["ok"].sum()),
+        }
+    levels: dict[str, Any] = {}
+    grouped = (
+        df.with_columns(pl.col("level").cast(pl.String).fill_null("none").alias("lvl"))
+        .group_by(["lvl", "kind"])
+        .agg((pl.col("verdict") == "correct").sum().alias("c"), pl.len().alias("t"))
+        .sort(["lvl", "kind"])
+    )
+    for row in grouped.iter_rows(named=True):
+        levels.setdefault(row["lvl"], {})[row["kind"]] = {
+            "correct": int(row["c"]),
+            "samples": int(row["t"]),
+            "accuracy": _acc(int(row["c"]), int(row["t"])),
+        }
+    return {"samples": df.height, "by_kind": kinds, "by_level": levels}
+
+
+def summary_table_rows(summary: dict[str, Any]) -> list[dict[str, Any]]:
+    """Accuracy by level and kind as flat rows (for a Prefect table artifact and the terminal)."""
+    out = []
+    for level, cells in summary["by_level"].items():
+        row: dict[str, Any] = {"level": level}
+        for kind in schemas.KINDS:
+            cell = cells.get(kind)
+            row[f"{kind}_accuracy"] = cell["accuracy"] if cell else None
+            row[f"{kind}_samples"] = cell["samples"] if cell else 0
+        out.append(row)
+    total: dict[str, Any] = {"level": "all"}
+    for kind in schemas.KINDS:
+        k = summary["by_kind"].get(kind)
+        total[f"{kind}_accuracy"] = k["accuracy"] if k else None
+        total[f"{kind}_samples"] = k["samples"] if k else 0
+    out.append(total)
+    return out
+
+
+# ----------------------------------------------------------------------------------------------
+
+
+def _fmt(x: float | None, pct: bool = False) -> str:
+    if x is None or (isinstance(x, float) and math.isnan(x)):
+        return "-"
+    return f"{x:.1%}" if pct else f"{x:.3f}"
+
+
+def _median(values: list[float]) -> float | None:
+    vals = sorted(v for v in values if v is not None and not math.isnan(v))
+    if not vals:
+        return None
+    mid = len(vals) // 2
+    return vals[mid] if len(vals) % 2 else (vals[mid - 1] + vals[mid]) / 2
+
+
+def _table_rows(run: RunDir) -> dict[str, int]:
+    out = {}
+    for name in schemas.DATASETS:
+        folder = run.table(name)
+        files = parquet_files(folder) if folder.exists() else []
+        out[name] = sum(pq_rows(f) for f in files)
+    return out
+
+
+def pq_rows(path: Path) -> int:
+    import pyarrow.parquet as pq
+
+    return pq.ParquetFile(path).metadata.num_rows
+
+
+def _hist(ax: Any, series: dict[str, list[float]], xlabel: str) -> None:
+    data = {k: [v for v in vs if v is not None and not math.isnan(v)] for k, vs in series.items()}
+    finite = [v for vs in data.values() for v in vs]
+    if not finite:
+        ax.text(0.5, 0.5, "no scores (scoring off?)", ha="center", va="center", transform=ax.transAxes)
+        return
+    lo, hi = min(finite), max(finite)
+    bins = 30 if hi > lo else 1
+    for label, vs in data.items():
+        if vs:
+            ax.hist(
+                vs,
+                bins=bins,
+                range=(lo, hi if hi > lo else lo + 1),
+                histtype="step",
+                linewidth=1.8,
+                density=True,
+                label=f"{label} (n={len(vs)}, median {_median(vs):.2f})",
+            )
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel("density")
+    ax.legend(fontsize=8)
+
+
+def write_report(run: RunDir) -> str:
+    """Write report/report.md and its PNG plots; returns the markdown."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    cols = ["problem_id", "kind", "level", "verdict", "nll_mean", "answer_logprob", "hint_leak", "hint_leak_reason"]
+    files = [str(p) for p in parquet_files(run.samples)]
+    for f in files:
+        import pyarrow.parquet as pq
+
+        schemas.check(pq.read_schema(f), "samples", where=f)
+    df = (
+        pl.scan_parquet(files).select(cols).collect() if files else pl.from_arrow(schemas.empty("samples").select(cols))
+    )
+    problems = read_table(run.problems, "problems")
+    summary = summarize(df)
+    rows = _table_rows(run)
+    out = run.report
+    out.mkdir(parents=True, exist_ok=True)
+
+    # accuracy by level
+    levels = [lvl for lvl in summary["by_level"]]
+    fig, ax = plt.subplots(figsize=(7, 4))
+    width = 0.38
+    for k, kind in enumerate(schemas.KINDS):
+        acc = [(summary["by_level"][lvl].get(kind) or {}).get("accuracy") or 0.0 for lvl in levels]
+        ax.bar([i + (k - 0.5) * width for i in range(len(levels))], acc, width, label=kind)
+    ax.set_xticks(range(len(levels)), [f"level {lvl}" for lvl in levels])
+    ax.set_ylim(0, 1)
+    ax.set_ylabel("share of samples verified correct")
+    ax.set_title("Accuracy by level: plain CoT vs self-explanation")
+    ax.legend()
+    fig.tight_layout()
+    _save(fig, out / PLOTS[0])
+
+    # nll_mean
+    expert_nll = problems.column("expert_nll_mean").to_pylist()
+    fig, ax = plt.subplots(figsize=(7, 4))
+    _hist(
+        ax,
+        {
+            "explanation": df.filter(pl.col("kind") == "explanation")["nll_mean"].to_list(),
+            "own CoT": df.filter(pl.col("kind") == "cot")["nll_mean"].to_list(),
+            "expert solution": expert_nll,
+        },
+        "mean per-token NLL after the plain prompt (lower = more in-distribution)",
+    )
+    ax.set_title("In-distribution: nll_mean")
+    fig.tight_layout()
+    _save(fig, out / PLOTS[1])
+
+    # answer_logprob
+    fig, ax = plt.subplots(figsize=(7, 4))
+    _hist(
+        ax,
+        {
+            "explanation": df.filter(pl.col("kind") == "explanation")["answer_logprob"].to_list(),
+            "own incorrect CoT": df.filter((pl.col("kind") == "cot") & (pl.col("verdict") != "correct"))[
+                "answer_logprob"
+            ].to_list(),
+        },
+        "log p(\\boxed{gold} | prompt, text before its answer)",
+    )
+    ax.set_title("Answer signal: answer_logprob")
+    fig.tight_layout()
+    _save(fig, out / PLOTS[2])
+
+    # pairs per level
+    per_level: dict[str, dict[str, int]] = {}
+    for name in ("dpo", "dpo_expert", "dpo_self", "sft"):
+        folder = run.table(name)
+        if folder.exists() and parquet_files(folder):
+            counts = pl.scan_parquet(str(folder / "*.parquet")).group_by("level").len().collect()
+            for lvl, n in counts.iter_rows():
+                per_level.setdefault(name, {})[str(lvl) if lvl is not None else "none"] = int(n)
+    all_levels = sorted({lvl for d in per_level.values() for lvl in d} | set(levels))
+    fig, ax = plt.subplots(figsize=(7, 4))
+    width = 0.2
+    for k, name in enumerate(("dpo", "dpo_expert", "dpo_self", "sft")):
+        vals = [per_level.get(name, {}).get(lvl, 0) for lvl in all_levels]
+        ax.bar([i + (k - 1.5) * width for i in range(len(all_levels))], vals, width, label=name)
+    ax.set_xticks(range(len(all_levels)), [f"level {lvl}" for lvl in all_levels])
+    ax.set_ylabel("rows")
+    ax.set_title("Training rows per level")
+    ax.legend()
+    fig.tight_layout()
+    _save(fig, out / PLOTS[3])
+
+    # hint leaks
+    expl = df.filter(pl.col("kind") == "explanation")
+    leak_by_level = (
+        expl.with_columns(pl.col("level").cast(pl.String).fill_null("none").alias("lvl"))
+        .group_by("lvl")
+        .agg(pl.col("hint_leak").fill_null(False).mean().alias("rate"), pl.len().alias("n"))
+        .sort("lvl")
+    )
+    fig, ax = plt.subplots(figsize=(7, 4))
+    ax.bar([f"level {r['lvl']}" for r in leak_by_level.iter_rows(named=True)], leak_by_level["rate"].to_list())
+    ax.set_ylim(0, max(0.05, float(leak_by_level["rate"].max() or 0) * 1.2))
+    ax.set_ylabel("share of explanations flagged")
+    ax.set_title("Hint leaks: explanations that cite the given answer")
+    fig.tight_layout()
+    _save(fig, out / PLOTS[4])
+
+    leak_total = int(expl["hint_leak"].fill_null(False).sum()) if expl.height else 0
+    reasons = (
+        expl.filter(pl.col("hint_leak").fill_null(False))
+        .group_by("hint_leak_reason")
+        .len()
+        .sort("len", descending=True)
+    )
+    expert_answer = problems.column("expert_answer_logprob").to_pylist()
+    md = _markdown(
+        run, summary, rows, per_level, all_levels, df, expert_nll, expert_answer, expl.height, leak_total, reasons
+    )
+    atomic_write(out / "report.md", lambda tmp: Path(tmp).write_text(md, encoding="utf-8"))
+    return md
+
+
+def _save(fig: Any, path: Path) -> None:
+    import matplotlib.pyplot as plt
+
+    atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=110))
+    plt.close(fig)
+
+
+def _markdown(
+    run: RunDir,
+    summary: dict[str, Any],
+    rows: dict[str, int],
+    per_level: dict[str, dict[str, int]],
+    levels: list[str],
+    df: pl.DataFrame,
+    expert_nll: list[float | None],
+    expert_answer: list[float | None],
+    n_expl: int,
+    leak_total: int,
+    reasons: pl.DataFrame,
+) -> str:
+    doc = run.load_run_json() or {}
+    lines = [f"# ExPO run report: {doc.get('name', run.root.name)}", ""]
+    if doc.get("model"):
+        lines += [
+            f"Model `{doc['model'].get('id')}`, engine `{doc['model'].get('engine', doc.get('config', {}).get('model', {}).get('engine'))}`, "
+            f"prompt template `{doc.get('prompts', {}).get('version', '?')}`.",
+            "",
+        ]
+    lines += ["## Tables", "", "| table | rows |", "|---|---|", f"| samples | {summary['samples']} |"]
+    lines += [f"| {name} | {n} |" for name, n in rows.items()]
+    lines += ["", "## Accuracy by level", "", "| level | CoT | explanation |", "|---|---|---|"]
+    for r in summary_table_rows(summary):
+        lines.append(
+            f"| {r['level']} | {_fmt(r['cot_accuracy'], True)} ({r['cot_samples']}) | "
+            f"{_fmt(r['explanation_accuracy'], True)} ({r['explanation_samples']}) |"
+        )
+    lines += ["", "![accuracy by level](accuracy_by_level.png)", ""]
+
+    def med(kind: str, col: str, extra: pl.Expr | None = None) -> str:
+        part = df.filter(pl.col("kind") == kind)
+        if extra is not None:
+            part = part.filter(extra)
+        return _fmt(_median(part[col].to_list()))
+
+    lines += [
+        "## The two ExPO properties (medians)",
+        "",
+        "| text | nll_mean (lower = in-distribution) | answer_logprob (higher = leads to the gold) |",
+        "|---|---|---|",
+        f"| self-explanation | {med('explanation', 'nll_mean')} | {med('explanation', 'answer_logprob')} |",
+        f"| own CoT | {med('cot', 'nll_mean')} | {med('cot', 'answer_logprob')} |",
+        f"| own incorrect CoT | {med('cot', 'nll_mean', pl.col('verdict') != 'correct')} | "
+        f"{med('cot', 'answer_logprob', pl.col('verdict') != 'correct')} |",
+        f"| expert solution | {_fmt(_median(expert_nll))} | {_fmt(_median(expert_answer))} |",
+        "",
+        "![nll_mean](nll_mean.png)",
+        "",
+        "![answer_logprob](answer_logprob.png)",
+        "",
+        "## Training rows per level",
+        "",
+        "| level | " + " | ".join(per_level) + " |",
+        "|---|" + "---|" * len(per_level),
+    ]
+    for lvl in levels:
+        lines.append(f"| {lvl} | " + " | ".join(str(per_level[n].get(lvl, 0)) for n in per_level) + " |")
+    build = doc.get("build", {})
+    if build.get("problems"):
+        p = build["problems"]
+        lost = build.get("dpo_pairs_without_candidate", {})
+        lines += [
+            "",
+            f"{p['paired']} of {p['total']} problems have an ExP-DPO pair; {p['without_verified_explanation']} have no "
+            f"verified explanation, {p['without_rejectable_cot']} no rejectable CoT. Pairs left out of dpo_expert "
+            f"(no expert solution): {lost.get('dpo_expert', 0)}; of dpo_self (no correct own CoT): {lost.get('dpo_self', 0)}.",
+        ]
+    lines += ["", "![pairs by level](pairs_by_level.png)", "", "## Hint leaks", ""]
+    rate = leak_total / n_expl if n_expl else None
+    lines.append(
+        f"{leak_total} of {n_expl} explanations flagged ({_fmt(rate, True)}); flagged ones stay in `samples` "
+        "and are left out of the training sets."
+    )
+    if reasons.height:
+        lines += ["", "| reason | explanations |", "|---|---|"]
+        lines += [f"| {r} | {n} |" for r, n in reasons.iter_rows()]
+    lines += ["", "![hint leaks](hint_leaks.png)", ""]
+    return "\n".join(lines)

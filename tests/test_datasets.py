@@ -1,0 +1,150 @@
+"""The produced datasets on the real path: `datasets`, TRL's trainers and reward, verl's reading."""
+
+import json
+
+import pytest
+
+import schemas
+
+pytestmark = pytest.mark.slow
+
+
+def _load(run, name):
+    from datasets import load_dataset
+
+    return load_dataset("parquet", data_files=str(run.root / name / "*.parquet"), split="train")
+
+
+@pytest.mark.parametrize("name", ["problems", "samples", *schemas.DATASETS])
+def test_every_table_loads_with_datasets(quickstart_run, name):
+    ds = _load(quickstart_run, name)
+    assert ds.num_rows > 0
+    assert set(schemas.schema(name).names) <= set(ds.column_names)
+
+
+def test_problems_rejected_loads_with_datasets(pool, tmp_path):
+    """The quickstart rejects nothing (and `datasets` cannot load an empty split), so quarantine rows
+    from a bad file, written by the same writer the flow uses."""
+    from datasets import load_dataset
+
+    from pipeline.config import ProblemsConfig
+    from pipeline.problems import load_problems
+    from pipeline.store import write_parquet
+
+    src = tmp_path / "bad.jsonl"
+    src.write_text(
+        '{"problem": "ok", "solution": "\\\\boxed{1}"}\n{"problem": "", "solution": "\\\\boxed{2}"}\nnot json\n'
+    )
+    rejected = load_problems(ProblemsConfig(source=str(src)), pool.check_golds).rejected
+    path = write_parquet(schemas.from_rows("problems_rejected", rejected), tmp_path / "problems_rejected" / "x.parquet")
+    ds = load_dataset("parquet", data_files=str(path), split="train")
+    assert ds["reason"] == ["empty_question", "malformed_row"]
+
+
+def test_trl_accuracy_reward_reads_every_grpo_solution(quickstart_run):
+    from trl.rewards import accuracy_reward
+
+    grpo = _load(quickstart_run, "grpo")
+    solutions = grpo["solution"]
+    golds = [r["ground_truth"] for r in grpo["reward_model"]]
+    right = [[{"role": "assistant", "content": f"so \\boxed{{{g}}}"}] for g in golds]
+    wrong = [[{"role": "assistant", "content": "so \\boxed{123456789}"}] for _ in golds]
+    assert accuracy_reward(right, solutions) == [1.0] * len(golds)
+    rewards = accuracy_reward(wrong, solutions)
+    assert None not in rewards and set(rewards) == {0.0}
+
+
+def test_trl_accuracy_reward_on_hard_gold_formats():
+    """The formats that make TRL skip a row when written raw."""
+    import polars as pl
+    from trl.rewards import accuracy_reward
+
+    from pipeline.build import trl_solution
+
+    golds = ["x^2+6x+9", "\\{1,5,9\\}", "[-3,4)", "\\text{Evelyn}", "(2,-3)", "\\frac{\\sqrt{2}}{2}", "\\$30"]
+    solutions = pl.DataFrame({"gold": golds}).select(trl_solution("gold")).to_series().to_list()
+    assert accuracy_reward([[{"role": "assistant", "content": g}] for g in golds], golds).count(None) > 0
+    completions = [[{"role": "assistant", "content": f"\\boxed{{{g}}}"}] for g in golds]
+    assert accuracy_reward(completions, solutions) == [1.0] * len(golds)
+
+
+def _tiny(tiny_model):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    return AutoModelForCausalLM.from_pretrained(tiny_model), AutoTokenizer.from_pretrained(tiny_model)
+
+
+def _common(tmp_path):
+    return dict(
+        output_dir=str(tmp_path / "out"),
+        max_steps=2,
+        per_device_train_batch_size=2,
+        use_cpu=True,
+        bf16=False,
+        report_to=[],
+        logging_steps=1,
+        save_strategy="no",
+        seed=0,
+        dataloader_num_workers=0,
+    )
+
+
+def test_dpo_trainer_trains_on_the_dpo_folder(quickstart_run, tiny_model, tmp_path):
+    from trl import DPOConfig, DPOTrainer
+
+    model, tok = _tiny(tiny_model)
+    args = DPOConfig(**_common(tmp_path), max_length=512, beta=0.1)
+    trainer = DPOTrainer(model=model, args=args, train_dataset=_load(quickstart_run, "dpo"), processing_class=tok)
+    result = trainer.train()
+    assert result.global_step == 2 and result.training_loss == result.training_loss  # not NaN
+
+
+def test_sft_trainer_trains_on_the_sft_folder(quickstart_run, tiny_model, tmp_path):
+    from trl import SFTConfig, SFTTrainer
+
+    model, tok = _tiny(tiny_model)
+    args = SFTConfig(**_common(tmp_path), max_length=512)
+    trainer = SFTTrainer(model=model, args=args, train_dataset=_load(quickstart_run, "sft"), processing_class=tok)
+    result = trainer.train()
+    assert result.global_step == 2 and result.training_loss == result.training_loss
+
+
+def test_grpo_trainer_trains_on_the_grpo_folder_with_trl_accuracy_reward(quickstart_run, tiny_model, tmp_path):
+    from trl import GRPOConfig, GRPOTrainer
+    from trl.rewards import accuracy_reward
+
+    model, tok = _tiny(tiny_model)
+    args = GRPOConfig(**_common(tmp_path), num_generations=2, max_completion_length=24, temperature=1.0)
+    trainer = GRPOTrainer(
+        model=model,
+        reward_funcs=accuracy_reward,
+        args=args,
+        train_dataset=_load(quickstart_run, "grpo"),
+        processing_class=tok,
+    )
+    result = trainer.train()
+    assert result.global_step == 2
+
+
+def test_grpo_reads_the_way_verl_does(quickstart_run, tiny_model):
+    """verl's RLHFDataset: parquet rows, chat `prompt` through the tokenizer's template,
+    `reward_model.ground_truth` and `data_source` for the rule reward, `extra_info` passed along."""
+    import pandas as pd
+    from transformers import AutoTokenizer
+
+    from pipeline.prompts import EXPO_V1, render_chat
+
+    tok = AutoTokenizer.from_pretrained(tiny_model)
+    frame = pd.concat(pd.read_parquet(p) for p in sorted((quickstart_run.root / "grpo").glob("*.parquet")))
+    problems = {r["problem_id"]: r for r in _load(quickstart_run, "problems")}
+    for row in frame.to_dict("records"):
+        messages = [dict(m) for m in row["prompt"]]
+        text = tok.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+        question = problems[row["problem_id"]]["question"]
+        assert text == render_chat(tok, EXPO_V1.messages("cot", question))  # the plain prompt, no answer
+        assert row["reward_model"]["style"] == "rule"
+        assert row["reward_model"]["ground_truth"] == problems[row["problem_id"]]["answer"]
+        assert isinstance(row["data_source"], str) and row["ability"] == "math"
+        assert row["extra_info"]["problem_id"] == row["problem_id"]
+        assert len(row["rollouts"]) == 4
+    json.dumps(frame.iloc[0]["extra_info"])  # plain, serialisable metadata
