@@ -138,10 +138,14 @@ def _now() -> str:
 
 
 def _clear_run_dir(run: RunDir) -> None:
+    """Remove everything a run writes (and nothing else a user may keep in the folder)."""
     import shutil
 
-    for sub in ("problems", "problems_rejected", "samples"):
+    owned = ["problems", "problems_rejected", "samples", "expert_scores", "report", *schemas.DATASETS]
+    for sub in owned:
         shutil.rmtree(run.root / sub, ignore_errors=True)
+        for staging in (f".{sub}.new", f".{sub}.old"):
+            shutil.rmtree(run.root / staging, ignore_errors=True)
     run.run_json.unlink(missing_ok=True)
 
 

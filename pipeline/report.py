@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import polars as pl
+import pyarrow.parquet as pq
 
 import schemas
 from pipeline.store import RunDir, atomic_write, parquet_files, read_table
@@ -106,8 +107,6 @@ def _table_rows(run: RunDir) -> dict[str, int]:
 
 
 def pq_rows(path: Path) -> int:
-    import pyarrow.parquet as pq
-
     return pq.ParquetFile(path).metadata.num_rows
 
 
@@ -145,8 +144,6 @@ def write_report(run: RunDir) -> str:
     cols = ["problem_id", "kind", "level", "verdict", "nll_mean", "answer_logprob", "hint_leak", "hint_leak_reason"]
     files = [str(p) for p in parquet_files(run.samples)]
     for f in files:
-        import pyarrow.parquet as pq
-
         schemas.check(pq.read_schema(f), "samples", where=f)
     df = (
         pl.scan_parquet(files).select(cols).collect() if files else pl.from_arrow(schemas.empty("samples").select(cols))

@@ -81,3 +81,19 @@ def test_shard_done_requires_the_same_key(tmp_path):
     write_parquet(schemas.empty("samples"), run.shard(0), extra_meta={b"expo_data.shard_key": b"k1"})
     assert run.shard_done(0, "k1")
     assert not run.shard_done(0, "k2")
+
+
+def test_force_new_clears_every_table_but_nothing_else(tmp_path):
+    from pipeline.config import config_from_dict
+    from pipeline.generate import prepare_run_dir
+
+    cfg = config_from_dict(
+        {"output_dir": str(tmp_path / "run"), "model": {"path": "m"}, "problems": {"source": "p.jsonl"}}
+    )
+    run = prepare_run_dir(cfg)
+    for sub in ("samples", "expert_scores", "dpo", "grpo", "report", ".sft.new"):
+        (run.root / sub).mkdir()
+        (run.root / sub / "stale.parquet").write_bytes(b"x")
+    (run.root / "notes.txt").write_text("mine")
+    prepare_run_dir(cfg, force=True)
+    assert sorted(p.name for p in run.root.iterdir()) == ["notes.txt", "run.json"]
