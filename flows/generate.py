@@ -19,7 +19,7 @@ from pipeline import generate as gen
 from pipeline import report as rep
 from pipeline.config import RunConfig, load_config
 from pipeline.engines import get_engine
-from pipeline.store import RunDir, read_table
+from pipeline.store import RunDir
 from pipeline.verify import VerifierPool
 
 
@@ -70,7 +70,7 @@ def summarize_task(
     build_stats: dict[str, Any],
     timings: dict[str, float],
 ) -> dict[str, Any]:
-    summary = rep.summarize(read_table(run.samples, "samples"))
+    summary = rep.summarize_run(run)
     engine_info = gen.engine_description(
         run, shard_stats, lambda: get_engine(cfg.model, seed=cfg.generation.sampling.seed)
     )

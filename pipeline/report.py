@@ -24,13 +24,8 @@ def _acc(correct: int, total: int) -> float | None:
     return round(correct / total, 4) if total else None
 
 
-def summarize(samples: Any) -> dict[str, Any]:
-    """Counts and accuracy by kind and level (``samples``: an Arrow table or a polars frame)."""
-    df = (
-        samples
-        if isinstance(samples, pl.DataFrame)
-        else pl.from_arrow(samples.select(["problem_id", "kind", "level", "verdict"]))
-    )
+def summarize(df: pl.DataFrame) -> dict[str, Any]:
+    """Counts and accuracy by kind and level, from the samples' problem_id, kind, level, verdict."""
     kinds: dict[str, Any] = {}
     for kind in schemas.KINDS:
         part = df.filter(pl.col("kind") == kind)
@@ -59,6 +54,20 @@ def summarize(samples: Any) -> dict[str, Any]:
             "accuracy": _acc(int(row["c"]), int(row["t"])),
         }
     return {"samples": df.height, "by_kind": kinds, "by_level": levels}
+
+
+def load_samples(run: RunDir, columns: list[str]) -> pl.DataFrame:
+    """Only the named columns of every samples shard (never the texts unless asked), schema-checked."""
+    files = [str(p) for p in parquet_files(run.samples)]
+    for f in files:
+        schemas.check(pq.read_schema(f), "samples", where=f)
+    if not files:
+        return pl.from_arrow(schemas.empty("samples").select(columns))
+    return pl.scan_parquet(files).select(columns).collect()
+
+
+def summarize_run(run: RunDir) -> dict[str, Any]:
+    return summarize(load_samples(run, ["problem_id", "kind", "level", "verdict"]))
 
 
 def summary_table_rows(summary: dict[str, Any]) -> list[dict[str, Any]]:
@@ -142,12 +151,7 @@ def write_report(run: RunDir) -> str:
     import matplotlib.pyplot as plt
 
     cols = ["problem_id", "kind", "level", "verdict", "nll_mean", "answer_logprob", "hint_leak", "hint_leak_reason"]
-    files = [str(p) for p in parquet_files(run.samples)]
-    for f in files:
-        schemas.check(pq.read_schema(f), "samples", where=f)
-    df = (
-        pl.scan_parquet(files).select(cols).collect() if files else pl.from_arrow(schemas.empty("samples").select(cols))
-    )
+    df = load_samples(run, cols)
     problems = read_table(run.problems, "problems")
     summary = summarize(df)
     rows = _table_rows(run)
@@ -195,7 +199,7 @@ def write_report(run: RunDir) -> str:
                 "answer_logprob"
             ].to_list(),
         },
-        "log p(\\boxed{gold} | prompt, text before its answer)",
+        "log p(\\boxed{gold | prompt, text before its answer); the closing brace is not scored",
     )
     ax.set_title("Answer signal: answer_logprob")
     fig.tight_layout()
