@@ -82,6 +82,13 @@ def test_quickstart_produces_every_table_and_the_report(vllm_run):
         assert table.num_rows > 0, name
     problems = read_table(vllm_run.problems, "problems")
     assert all(v is not None for v in problems.column("expert_nll_mean").to_pylist())
+    # the controlled comparison: every problem has an expert solution, so dpo_expert has exactly
+    # dpo's rejected rows, and dpo_self a subset of them, keyed alike
+    dpo, expert, own = (read_table(vllm_run.table(n), n) for n in ("dpo", "dpo_expert", "dpo_self"))
+    shared = ["problem_id", "pair_index", "prompt", "rejected", "rejected_sample_id"]
+    assert expert.select(shared).equals(dpo.select(shared))
+    base = {(r["problem_id"], r["pair_index"]): r for r in dpo.select(shared).to_pylist()}
+    assert all(base[(r["problem_id"], r["pair_index"])] == r for r in own.select(shared).to_pylist())
     for png in ("accuracy_by_level", "nll_mean", "answer_logprob", "pairs_by_level", "hint_leaks"):
         assert (vllm_run.report / f"{png}.png").stat().st_size > 1000
     md = (vllm_run.report / "report.md").read_text()
