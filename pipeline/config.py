@@ -18,6 +18,8 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from pipeline.prompts import DEFAULT_TEMPLATE
+
 HUB_ID_RE = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
 
@@ -94,7 +96,7 @@ class GenerationConfig(Strict):
 
 
 class PromptsConfig(Strict):
-    template: str = "expo-v1"
+    template: str = DEFAULT_TEMPLATE
 
 
 class VerifierConfig(Strict):

@@ -20,8 +20,6 @@ from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
-import pyarrow.parquet as pq
-
 import schemas
 from pipeline import __version__, progress
 from pipeline.config import RunConfig, SamplingConfig, diff_configs
@@ -30,7 +28,7 @@ from pipeline.leaks import detect_leak
 from pipeline.problems import ProblemSet, load_problems
 from pipeline.prompts import PromptTemplate, chat_template_digest, get_template, render_chat
 from pipeline.scoring import NO_SCORES, ScoreInput, Scores, score_texts
-from pipeline.store import SHARD_KEY_META, RunDir, parquet_files, read_table, write_json, write_parquet
+from pipeline.store import SHARD_KEY_META, RunDir, parquet_files, parquet_rows, read_table, write_json, write_parquet
 from pipeline.verify import VERIFIER_VERSION, Verdict, VerifierPool
 
 # Config keys that change no generated row: a rerun may change them freely (build settings only
@@ -460,7 +458,7 @@ def table_manifest(run: RunDir) -> dict[str, Any]:
             continue
         files = parquet_files(folder)
         out[name] = {
-            "rows": sum(pq.ParquetFile(f).metadata.num_rows for f in files),
+            "rows": parquet_rows(folder),
             "files": {f.relative_to(run.root).as_posix(): _sha256(f) for f in files},
         }
     return out

@@ -342,6 +342,8 @@ def load_problems(
     candidates: list[dict[str, Any]] = []
 
     def reject(raw: RawRow, reason: str, detail: str, pid: str | None = None) -> None:
+        if reason not in REASONS:
+            raise ValueError(f"unknown rejection reason {reason!r}")  # keeps REASONS the one list
         out.rejected.append(
             {
                 "source": raw.source,

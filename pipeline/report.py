@@ -15,7 +15,7 @@ import polars as pl
 import pyarrow.parquet as pq
 
 import schemas
-from pipeline.store import RunDir, atomic_write, parquet_files, read_table
+from pipeline.store import RunDir, atomic_write, parquet_files, parquet_rows, read_table
 
 PLOTS = ("accuracy_by_level.png", "nll_mean.png", "answer_logprob.png", "pairs_by_level.png", "hint_leaks.png")
 
@@ -107,16 +107,7 @@ def _median(values: list[float]) -> float | None:
 
 
 def _table_rows(run: RunDir) -> dict[str, int]:
-    out = {}
-    for name in schemas.DATASETS:
-        folder = run.table(name)
-        files = parquet_files(folder) if folder.exists() else []
-        out[name] = sum(pq_rows(f) for f in files)
-    return out
-
-
-def pq_rows(path: Path) -> int:
-    return pq.ParquetFile(path).metadata.num_rows
+    return {name: parquet_rows(run.table(name)) if run.table(name).exists() else 0 for name in schemas.DATASETS}
 
 
 def _hist(ax: Any, series: dict[str, list[float]], xlabel: str) -> None:

@@ -77,6 +77,11 @@ def read_table(path: str | Path, name: str) -> pa.Table:
     return pa.concat_tables(tables)
 
 
+def parquet_rows(path: str | Path) -> int:
+    """Rows of a Parquet file or folder, from the footers only."""
+    return sum(pq.ParquetFile(f).metadata.num_rows for f in parquet_files(path))
+
+
 def file_meta(path: str | Path, key: bytes) -> str | None:
     meta = pq.read_schema(path).metadata or {}
     value = meta.get(key)

@@ -24,7 +24,6 @@ __all__ = [
     "Request",
     "Result",
     "Sampling",
-    "close_engines",
     "derive_seed",
     "get_engine",
     "load_engine",
@@ -82,10 +81,3 @@ def get_engine(model_cfg: Any, seed: int = 0) -> Engine:
             progress.emit("engine.ready", engine=model_cfg.engine, seconds=round(time.monotonic() - t0, 1))
             _CACHE[key] = engine
         return engine
-
-
-def close_engines() -> None:
-    with _LOCK:
-        for engine in _CACHE.values():
-            engine.close()
-        _CACHE.clear()
