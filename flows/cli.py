@@ -1,4 +1,4 @@
-"""The `expo-data` command line: run, inspect, verify, tiny-model build.
+"""The `expo-data` command line: run, inspect, verify, report, train, eval, online, tiny-model build.
 
 Errors a user can fix (bad config, bad problem file, a run dir made with another config) print one
 clear message and exit with status 2; only real bugs show a traceback.
@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -17,7 +18,9 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, help="ExPO training data: generate, verify, inspect.")
+app = typer.Typer(
+    add_completion=False, no_args_is_help=True, help="ExPO training data: generate, verify, inspect, train, evaluate."
+)
 tiny_app = typer.Typer(no_args_is_help=True, help="The tiny offline model used by tests and the quickstart.")
 app.add_typer(tiny_app, name="tiny-model")
 console = Console(stderr=False)
@@ -39,9 +42,13 @@ def _quiet_defaults(verbose: bool) -> None:
         os.environ.setdefault("VLLM_LOGGING_LEVEL", "ERROR")
         os.environ.setdefault("TORCH_CPP_LOG_LEVEL", "ERROR")
         os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+        os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
+        os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
         logging.getLogger("torch").setLevel(logging.ERROR)
         warnings.filterwarnings("ignore", category=FutureWarning)
         warnings.filterwarnings("ignore", category=DeprecationWarning)
+        # TRL warns about any vLLM newer than it was tested with; its vLLM path is not ours.
+        warnings.filterwarnings("ignore", message="TRL currently supports vLLM versions")
 
 
 def _fail(message: str) -> None:
@@ -54,9 +61,20 @@ def _user_errors() -> tuple[type[Exception], ...]:
     from pipeline.engines import EngineError
     from pipeline.generate import RunDirConflictError
     from pipeline.problems import ProblemsError
+    from pipeline.train.data import TrainDataError
+    from pipeline.train.run import TrainedAlreadyError
     from schemas import SchemaError
 
-    return (ConfigError, ProblemsError, RunDirConflictError, SchemaError, EngineError, FileNotFoundError)
+    return (
+        ConfigError,
+        ProblemsError,
+        RunDirConflictError,
+        SchemaError,
+        EngineError,
+        FileNotFoundError,
+        TrainDataError,
+        TrainedAlreadyError,
+    )
 
 
 def _fmt(value: Any) -> str:
@@ -104,6 +122,8 @@ class _ProgressView:
         self.problems_task = None
         self.shards_task = None
         self.engine_task = None
+        self.train_task = None
+        self.eval_task = None
 
     def __call__(self, event: str, data: dict[str, Any]) -> None:
         if event == "problems.start":
@@ -138,6 +158,39 @@ class _ProgressView:
         elif event in ("shard.done", "shard.skipped") and self.shards_task is not None:
             verb = "skipped (done)" if event == "shard.skipped" else f"{data.get('rows', 0)} rows"
             self.p.update(self.shards_task, advance=1, description=f"shard {data['index']}: {verb}")
+        elif event == "online.round":
+            self.p.console.print(f"[bold]round {data['round']}[/]: {data['step']}", highlight=False)
+        elif event == "train.start":
+            total = data["max_steps"] if data["max_steps"] > 0 else None
+            self.train_task = self.p.add_task(f"training {data['kind']}", total=total)
+        elif event == "train.log" and self.train_task is not None:
+            loss = f", loss {data['loss']:.4f}" if data.get("loss") is not None else ""
+            self.p.update(self.train_task, completed=data["step"], description=f"training {data['kind']}{loss}")
+        elif event == "eval.start":
+            self.eval_task = self.p.add_task(f"evaluating {data['problems']} problems x {data['samples']}", total=None)
+        elif event == "eval.done" and self.eval_task is not None:
+            passes = ", ".join(f"{k} {v:.1%}" for k, v in data.items() if k.startswith("pass@"))
+            self.p.update(self.eval_task, total=1, completed=1, description=f"evaluated: {passes}")
+
+
+def _with_progress(fn: Any) -> Any:
+    """Run ``fn`` with the pipeline's progress events drawn as rich progress bars."""
+    from pipeline import progress as events
+
+    with Progress(
+        SpinnerColumn(),
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=console,
+        transient=False,
+    ) as progress:
+        unsubscribe = events.subscribe(_ProgressView(progress))
+        try:
+            return fn()
+        finally:
+            unsubscribe()
 
 
 @app.command()
@@ -149,7 +202,6 @@ def run(
 ) -> None:
     """Generate CoT rollouts, self-explanations and verdicts; write the run dir."""
     _quiet_defaults(verbose)
-    from pipeline import progress as events
     from pipeline.config import load_config
 
     errors = _user_errors()
@@ -165,23 +217,10 @@ def run(
     )
     from flows.generate import generate_flow
 
-    with Progress(
-        SpinnerColumn(),
-        TextColumn("{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        console=console,
-        transient=False,
-    ) as progress:
-        unsubscribe = events.subscribe(_ProgressView(progress))
-        try:
-            run_dir = generate_flow(str(config), overrides=set_ or [], force_new=force_new)
-        except errors as e:
-            progress.stop()
-            _fail(str(e))
-        finally:
-            unsubscribe()
+    try:
+        run_dir = _with_progress(lambda: generate_flow(str(config), overrides=set_ or [], force_new=force_new))
+    except errors as e:
+        _fail(str(e))
     from pipeline.store import RunDir
 
     doc = RunDir(run_dir).load_run_json() or {}
@@ -303,6 +342,157 @@ def report(
     except _user_errors() as e:
         _fail(str(e))
     console.print(f"report: {run.report / 'report.md'}")
+
+
+class TrainKindArg(StrEnum):
+    dpo = "dpo"
+    sft = "sft"
+    grpo = "grpo"
+
+
+@app.command("train")
+def train_cmd(
+    kind: Annotated[TrainKindArg, typer.Argument(help="dpo (ExP-DPO), sft (ExP-SFT) or grpo (ExP-GRPO)")],
+    data: Annotated[str | None, typer.Option(help="a run dir, or a Hugging Face Hub dataset repo id")] = None,
+    model: Annotated[str | None, typer.Option(help="initial policy: a model folder or a Hub model id")] = None,
+    out: Annotated[Path | None, typer.Option(help="output folder; becomes a model folder the engines load")] = None,
+    config: Annotated[Path | None, typer.Option(help="training config (YAML), e.g. data/train/grpo.yaml")] = None,
+    set_: Annotated[list[str] | None, typer.Option("--set", help="override a key: --set dpo.beta=0.2")] = None,
+    force_new: Annotated[bool, typer.Option("--force-new", help="retrain over a finished run in --out")] = False,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="show Prefect logs")] = False,
+) -> None:
+    """Train with TRL on a dataset this tool wrote: offline ExP-DPO, ExP-SFT or ExP-GRPO."""
+    _quiet_defaults(verbose)
+    from pipeline.train.config import load_train_config
+
+    errors = _user_errors()
+    base = {"kind": kind.value, "data": data, "model": model, "output_dir": str(out) if out else None}
+    try:
+        cfg = load_train_config(config, set_ or [], base=base)
+    except errors as e:
+        _fail(str(e))
+    console.print(
+        f"[bold]expo-data train {cfg.kind}[/]: {cfg.data_table} from {cfg.data}, model {cfg.model} -> {cfg.output_dir}",
+        highlight=False,
+    )
+    from flows.train import train_flow
+
+    try:
+        path = _with_progress(
+            lambda: train_flow(
+                kind.value,
+                data,
+                model,
+                str(out) if out else None,
+                str(config) if config else None,
+                set_ or [],
+                force_new,
+            )
+        )
+    except errors as e:
+        _fail(str(e))
+    doc = json.loads((Path(path) / "train.json").read_text())
+    console.print(
+        f"{doc['global_step']} steps on {doc['rows']} rows, train loss {doc['train_loss']:.4f}, "
+        f"{doc['seconds']:.1f}s ({doc['device']}, {doc['precision']})\ncheckpoint: [bold]{path}[/]",
+        highlight=False,
+    )
+
+
+def _print_eval(result: dict[str, Any], title: str) -> None:
+    ks = [f"pass@{k}" for k in result["ks"]]
+    table = Table(title=title)
+    for col in ("level", "problems", *ks):
+        table.add_column(col, justify="right")
+    rows = [(level, vals) for level, vals in result["by_level"].items()] + [("all", result["overall"])]
+    for level, vals in rows:
+        table.add_row(level, str(vals["problems"]), *(_fmt(vals[k]) for k in ks))
+    console.print(table)
+
+
+@app.command("eval")
+def eval_cmd(
+    model: Annotated[str, typer.Option(help="a model folder (e.g. a training checkpoint) or a Hub model id")],
+    problems: Annotated[str, typer.Option(help="problem file, folder or Hub dataset (as in a run config)")],
+    engine: Annotated[str, typer.Option(help="vllm or hf")] = "vllm",
+    samples: Annotated[int, typer.Option("--samples", "-n", help="samples per problem (n)")] = 4,
+    k: Annotated[list[int] | None, typer.Option("--k", help="k of pass@k (k <= n); repeatable")] = None,
+    temperature: Annotated[float, typer.Option()] = 0.7,
+    max_tokens: Annotated[int, typer.Option()] = 1024,
+    max_model_len: Annotated[int | None, typer.Option()] = None,
+    limit: Annotated[int | None, typer.Option(help="first N valid problems")] = None,
+    split: Annotated[str | None, typer.Option(help="Hub dataset split")] = None,
+    seed: Annotated[int, typer.Option()] = 0,
+    workers: Annotated[int, typer.Option(help="verifier processes")] = 2,
+    out: Annotated[Path | None, typer.Option(help="also write the result (with per-problem counts) as JSON")] = None,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
+) -> None:
+    """pass@k (unbiased estimator) by level of a policy on a problem set, with our verifier."""
+    _quiet_defaults(verbose)
+    from pydantic import ValidationError
+
+    from pipeline.config import ModelConfig, ProblemsConfig, _resolve_path
+    from pipeline.evaluate import EvalSpec, evaluate
+    from pipeline.verify import VerifierPool
+
+    errors = _user_errors()
+    try:
+        spec = EvalSpec(
+            samples=samples,
+            ks=tuple(k or sorted({1, samples})),
+            temperature=temperature,
+            max_tokens=max_tokens,
+            seed=seed,
+        )
+        model_cfg = ModelConfig(path=_resolve_path(model, Path.cwd()), engine=engine, max_model_len=max_model_len)
+        problems_cfg = ProblemsConfig(source=_resolve_path(problems, Path.cwd()), limit=limit, split=split)
+    except (ValueError, ValidationError) as e:
+        _fail(str(e))
+    try:
+        with VerifierPool(workers=workers) as pool:
+            result = _with_progress(lambda: evaluate(model_cfg, problems_cfg, spec, pool))
+    except errors as e:
+        _fail(str(e))
+    _print_eval(result, f"{model} on {problems} (n={samples})")
+    if out:
+        from pipeline.store import write_json
+
+        write_json(result, out)
+        console.print(f"result: {out}")
+
+
+@app.command("online")
+def online_cmd(
+    config: Annotated[Path, typer.Argument(help="online config (YAML), e.g. data/online-quickstart.yaml")],
+    set_: Annotated[list[str] | None, typer.Option("--set", help="override a key: --set rounds=3")] = None,
+    force_new: Annotated[bool, typer.Option("--force-new", help="discard an existing loop in output_dir")] = False,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
+) -> None:
+    """Iterative ExP-DPO: rounds of generate -> dpo -> train, resumable at round granularity."""
+    _quiet_defaults(verbose)
+    from pipeline.online import load_online_config
+
+    errors = _user_errors()
+    try:
+        cfg = load_online_config(config, set_ or [])
+    except errors as e:
+        _fail(str(e))
+    console.print(f"[bold]expo-data online[/] {cfg.name}: {cfg.rounds} rounds -> {cfg.output_dir}", highlight=False)
+    from flows.train import online_flow
+
+    try:
+        state = _with_progress(lambda: online_flow(str(config), set_ or [], force_new))
+    except errors as e:
+        _fail(str(e))
+    rows = state["summary"]
+    cols = list(dict.fromkeys(c for r in rows for c in r if c != "policy"))
+    table = Table(title="held-out accuracy per round")
+    for col in cols:
+        table.add_column(col, justify="right")
+    for r in rows:
+        table.add_row(*(_fmt(r.get(c)) if "pass@" in c else ("-" if r.get(c) is None else f"{r[c]:.4g}") for c in cols))
+    console.print(table)
+    console.print(f"final policy: [bold]{rows[-1]['policy']}[/]\nstate: {Path(cfg.output_dir) / 'online.json'}")
 
 
 @tiny_app.command("build")

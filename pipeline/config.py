@@ -170,19 +170,22 @@ def _submodel(model: type[BaseModel], loc: tuple[Any, ...]) -> type[BaseModel] |
     return current if isinstance(current, type) and issubclass(current, BaseModel) else None
 
 
-def format_validation_error(err: ValidationError, source: str) -> str:
+def format_validation_error(err: ValidationError, source: str, root: type[BaseModel] | None = None) -> str:
+    root = root or RunConfig
     lines = [f"invalid config {source}:"]
     for e in err.errors():
         loc = tuple(e["loc"])
         key = ".".join(str(p) for p in loc) or "(top level)"
         if e["type"] == "extra_forbidden":
-            parent = _submodel(RunConfig, loc[:-1])
+            parent = _submodel(root, loc[:-1])
             hint = ""
             if parent is not None:
                 close = difflib.get_close_matches(str(loc[-1]), _known_keys(parent), n=1)
                 hint = f" (did you mean {'.'.join([*map(str, loc[:-1]), close[0]])!r}?)" if close else ""
                 hint += f"; allowed here: {', '.join(_known_keys(parent))}"
             lines.append(f"  unknown key {key!r}{hint}")
+        elif not loc:  # a whole-config rule: its message says it all, the input is the config itself
+            lines.append(f"  {e['msg'].removeprefix('Value error, ')}")
         elif e["type"] == "missing":
             lines.append(f"  missing required key {key!r}")
         else:
@@ -214,7 +217,11 @@ def looks_like_hub_id(value: str) -> bool:
     return bool(HUB_ID_RE.match(value)) and not value.startswith((".", "/", "~"))
 
 
-def _resolve_path(value: Any, base: Path) -> Any:
+# Keys that name a folder we write: never a Hub id, however much "runs/x" looks like one.
+LOCAL_ONLY = ("output_dir",)
+
+
+def _resolve_path(value: Any, base: Path, hub_ok: bool = True) -> Any:
     """Relative local paths become absolute; Hub ids (owner/name, not on disk) stay as they are."""
     if not isinstance(value, str) or not value:
         return value
@@ -222,7 +229,7 @@ def _resolve_path(value: Any, base: Path) -> Any:
     if p.is_absolute():
         return str(p)
     candidate = (base / p).resolve()
-    if looks_like_hub_id(value) and not candidate.exists():
+    if hub_ok and looks_like_hub_id(value) and not candidate.exists():
         return value
     return str(candidate)
 
@@ -242,7 +249,7 @@ def parse_override(item: str) -> tuple[str, Any]:
     return key, value
 
 
-def load_config(path: str | Path, overrides: list[str] | None = None, cwd: str | Path | None = None) -> RunConfig:
+def read_yaml_mapping(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     if not path.exists():
         raise ConfigError(f"config file not found: {path}")
@@ -250,19 +257,39 @@ def load_config(path: str | Path, overrides: list[str] | None = None, cwd: str |
         raw = yaml.safe_load(path.read_text(encoding="utf-8"))
     except yaml.YAMLError as e:
         raise ConfigError(f"config {path} is not valid YAML: {e}") from None
+    if raw is None:
+        raw = {}
     if not isinstance(raw, dict):
         raise ConfigError(f"config {path} must be a YAML mapping of sections, got {type(raw).__name__}")
-    base = path.resolve().parent
-    for dotted in PATH_FIELDS:
-        value = _get(raw, dotted)
-        if value is not None:
-            _set(raw, dotted, _resolve_path(value, base))
+    return raw
+
+
+def apply_paths_and_overrides(
+    raw: dict[str, Any],
+    path_fields: tuple[str, ...],
+    base: Path | None,
+    overrides: list[str] | None,
+    cwd: str | Path | None = None,
+) -> dict[str, Any]:
+    """Resolve path keys written in a file against ``base`` and those given as overrides against
+    the cwd, then apply the overrides: the shared rule of every config this project reads."""
+    if base is not None:
+        for dotted in path_fields:
+            value = _get(raw, dotted)
+            if value is not None:
+                _set(raw, dotted, _resolve_path(value, base, hub_ok=dotted not in LOCAL_ONLY))
     cwd_path = Path(cwd) if cwd else Path.cwd()
     for item in overrides or []:
         key, value = parse_override(item)
-        if key in PATH_FIELDS:
-            value = _resolve_path(value, cwd_path)
+        if key in path_fields:
+            value = _resolve_path(value, cwd_path, hub_ok=key not in LOCAL_ONLY)
         _set(raw, key, value)
+    return raw
+
+
+def load_config(path: str | Path, overrides: list[str] | None = None, cwd: str | Path | None = None) -> RunConfig:
+    raw = read_yaml_mapping(path)
+    apply_paths_and_overrides(raw, PATH_FIELDS, Path(path).resolve().parent, overrides, cwd)
     return config_from_dict(raw, source=str(path))
 
 

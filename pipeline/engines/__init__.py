@@ -27,6 +27,7 @@ __all__ = [
     "derive_seed",
     "get_engine",
     "load_engine",
+    "release_engines",
 ]
 
 _CACHE: dict[tuple, Engine] = {}
@@ -81,3 +82,24 @@ def get_engine(model_cfg: Any, seed: int = 0) -> Engine:
             progress.emit("engine.ready", engine=model_cfg.engine, seconds=round(time.monotonic() - t0, 1))
             _CACHE[key] = engine
         return engine
+
+
+def release_engines() -> None:
+    """Close every cached engine and free its memory, before something else needs the device (a
+    trainer in the online loop) or before loading a new checkpoint."""
+    import gc
+
+    with _LOCK:
+        engines = list(_CACHE.values())
+        _CACHE.clear()
+    for engine in engines:
+        engine.close()
+    del engines
+    gc.collect()
+    try:
+        import torch
+
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+    except ImportError:  # pragma: no cover - torch is a dependency
+        pass

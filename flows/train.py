@@ -1,0 +1,95 @@
+"""Training flows: one TRL run (`expo-train`), and the iterative ExP-DPO loop (`expo-online-dpo`).
+
+Orchestration only: the work is in ``pipeline.train`` and ``pipeline.online``. Parameters are plain
+strings and lists, so the flows run the same from the CLI, a deployment or the Prefect UI.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from prefect import flow, get_run_logger, task
+from prefect.artifacts import create_table_artifact
+from prefect.cache_policies import NO_CACHE
+
+from flows.generate import _artifact_key, generate_flow
+from pipeline.config import ModelConfig
+from pipeline.engines import release_engines
+from pipeline.evaluate import evaluate
+from pipeline.online import OnlineConfig, OnlineLoop, base_run_config, load_online_config
+from pipeline.train.config import TrainConfig, load_train_config
+from pipeline.train.run import train
+from pipeline.verify import VerifierPool
+
+
+@task(name="train", cache_policy=NO_CACHE)
+def train_task(cfg: TrainConfig, force_new: bool = False) -> dict[str, Any]:
+    logger = get_run_logger()
+    return train(cfg, force=force_new, log=logger.info)
+
+
+@task(name="evaluate", cache_policy=NO_CACHE)
+def eval_task(cfg: OnlineConfig, policy: str) -> dict[str, Any]:
+    assert cfg.eval is not None
+    run = base_run_config(cfg)
+    model = ModelConfig.model_validate({**run.model.model_dump(), "path": policy, "revision": None})
+    with VerifierPool(workers=run.verifier.workers, timeout_s=run.verifier.timeout_s) as pool:
+        result = evaluate(model, cfg.eval.problems, cfg.eval.spec(run.prompts.template), pool)
+    get_run_logger().info("eval %s: %s", policy, result["overall"])
+    return result
+
+
+@flow(name="expo-train", log_prints=True)
+def train_flow(
+    kind: str,
+    data: str | None = None,
+    model: str | None = None,
+    out: str | None = None,
+    config_path: str | None = None,
+    overrides: list[str] | None = None,
+    force_new: bool = False,
+) -> str:
+    """Train ``kind`` (dpo | sft | grpo) on a run dir or Hub dataset; returns the checkpoint folder.
+
+    ``data``, ``model`` and ``out`` override the config file's keys of the same meaning."""
+    cfg = load_train_config(
+        config_path, overrides or [], base={"kind": kind, "data": data, "model": model, "output_dir": out}
+    )
+    manifest = train_task(cfg, force_new)
+    create_table_artifact(
+        key=f"expo-train-{_artifact_key(kind)}",
+        table=[
+            {
+                "kind": kind,
+                "table": cfg.data_table,
+                "rows": manifest["rows"],
+                "steps": manifest["global_step"],
+                "train_loss": round(manifest["train_loss"], 6),
+                "seconds": manifest["seconds"],
+            }
+        ],
+        description=f"ExPO training run -> {cfg.output_dir}",
+    )
+    return cfg.output_dir
+
+
+@flow(name="expo-online-dpo", log_prints=True)
+def online_flow(config_path: str, overrides: list[str] | None = None, force_new: bool = False) -> dict[str, Any]:
+    """Rounds of generate -> build dpo -> train DPO -> next policy, with held-out accuracy per round."""
+    cfg = load_online_config(config_path, overrides or [])
+    logger = get_run_logger()
+    loop = OnlineLoop(
+        cfg,
+        generate=lambda path, ovr: generate_flow(path, overrides=ovr),
+        train=lambda tcfg: train_task(tcfg),
+        evaluate=lambda policy, _path: eval_task(cfg, policy),
+        release=release_engines,
+        log=logger.info,
+    )
+    state = loop.run(force_new=force_new)
+    create_table_artifact(
+        key=f"expo-online-{_artifact_key(cfg.name)}",
+        table=state["summary"],
+        description=f"Online ExP-DPO `{cfg.name}`: held-out accuracy of each round's policy",
+    )
+    return state
