@@ -356,7 +356,10 @@ def train_cmd(
     data: Annotated[str | None, typer.Option(help="a run dir, or a Hugging Face Hub dataset repo id")] = None,
     model: Annotated[str | None, typer.Option(help="initial policy: a model folder or a Hub model id")] = None,
     out: Annotated[Path | None, typer.Option(help="output folder; becomes a model folder the engines load")] = None,
-    config: Annotated[Path | None, typer.Option(help="training config (YAML), e.g. data/train/grpo.yaml")] = None,
+    table: Annotated[
+        str | None, typer.Option(help="dpo only: dpo (default), or the baselines dpo_expert / dpo_self")
+    ] = None,
+    config: Annotated[Path | None, typer.Option(help="training config (YAML), e.g. data/train/quickstart.yaml")] = None,
     set_: Annotated[list[str] | None, typer.Option("--set", help="override a key: --set dpo.beta=0.2")] = None,
     force_new: Annotated[bool, typer.Option("--force-new", help="retrain over a finished run in --out")] = False,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="show Prefect logs")] = False,
@@ -366,9 +369,12 @@ def train_cmd(
     from pipeline.train.config import load_train_config
 
     errors = _user_errors()
-    base = {"kind": kind.value, "data": data, "model": model, "output_dir": str(out) if out else None}
+    base = {"kind": kind.value, "data": data, "model": model, "output_dir": str(out) if out else None, "table": table}
+    from pipeline.train.run import preflight
+
     try:
         cfg = load_train_config(config, set_ or [], base=base)
+        preflight(cfg)
     except errors as e:
         _fail(str(e))
     console.print(
