@@ -52,7 +52,9 @@ def _quiet_defaults(verbose: bool) -> None:
 
 
 def _fail(message: str) -> None:
-    err_console.print(f"[bold red]error:[/] {message}", highlight=False)
+    from pipeline.secrets import redact
+
+    err_console.print(f"[bold red]error:[/] {redact(message)}", highlight=False)
     raise typer.Exit(2)
 
 
@@ -499,6 +501,47 @@ def online_cmd(
         table.add_row(*(_fmt(r.get(c)) if "pass@" in c else ("-" if r.get(c) is None else f"{r[c]:.4g}") for c in cols))
     console.print(table)
     console.print(f"final policy: [bold]{rows[-1]['policy']}[/]\nstate: {Path(cfg.output_dir) / 'online.json'}")
+
+
+@app.command("publish")
+def publish_cmd(
+    run_dir: Annotated[Path, typer.Argument(help="a finished run dir")],
+    repo: Annotated[str, typer.Option(help="Hub dataset repo id, owner/name")],
+    private: Annotated[
+        bool | None, typer.Option("--private/--public", help="repo visibility (default: as it is; new repos public)")
+    ] = None,
+    revision: Annotated[str | None, typer.Option(help="branch to commit to (created if missing)")] = None,
+    tag: Annotated[str | None, typer.Option(help="tag the release commit")] = None,
+    license: Annotated[str | None, typer.Option(help="card license (default: the run config's, else 'other')")] = None,
+    dry_run: Annotated[
+        Path | None, typer.Option("--dry-run", help="write the release folder here and list the operations; no upload")
+    ] = None,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
+) -> None:
+    """Publish a run's datasets to the Hugging Face Hub: one commit, one config per table, a card.
+
+    The token comes from HF_TOKEN or `hf auth login`; it is never written anywhere."""
+    _quiet_defaults(verbose)
+    from pipeline.publish import PublishError
+    from pipeline.store import RunDir
+
+    doc = RunDir(run_dir).load_run_json()
+    if doc is None:
+        _fail(f"{run_dir} has no run.json: not a run dir")
+    if license is None:
+        license = ((doc.get("config") or {}).get("publish") or {}).get("license") or "other"
+    from flows.publish import publish_flow
+
+    try:
+        result = publish_flow(str(run_dir), repo, private, revision, tag, license, str(dry_run) if dry_run else None)
+    except (PublishError, *_user_errors()) as e:
+        _fail(str(e))
+    for op in result["operations"]:
+        console.print(f"  {op}", highlight=False)
+    if dry_run:
+        console.print(f"dry run: {len(result['operations'])} operations; release folder [bold]{dry_run}[/]")
+    else:
+        console.print(f"published [bold]{repo}[/] ({', '.join(result['configs'])}): {result['commit_url']}")
 
 
 @tiny_app.command("build")

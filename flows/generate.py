@@ -121,4 +121,9 @@ def generate_flow(config_path: str, overrides: list[str] | None = None, force_ne
         timings["total_s"] = round(time.monotonic() - t0, 3)
         summarize_task(cfg, run, problems_summary, shard_stats, build_stats, timings)
         report_task(cfg, run)
+    if cfg.publish is not None:
+        from flows.publish import publish_task
+
+        p = cfg.publish
+        publish_task(str(run.root), p.repo, p.private, p.revision, p.tag, p.license)
     return str(run.root)

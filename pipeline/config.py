@@ -122,6 +122,23 @@ class BuildConfig(Strict):
     )
 
 
+class PublishConfig(Strict):
+    """Publish the run's datasets to the Hub when the generate flow ends (for scheduled runs)."""
+
+    repo: str = Field(description="Hub dataset repo id, owner/name")
+    private: bool | None = Field(default=None, description="None: leave an existing repo's visibility as it is")
+    revision: str | None = Field(default=None, description="branch to commit to (created if missing)")
+    tag: str | None = None
+    license: str = Field(default="other", description="card license (the sources' and model's terms apply)")
+
+    @field_validator("repo")
+    @classmethod
+    def _repo_id(cls, v: str) -> str:
+        if not looks_like_hub_id(v):
+            raise ValueError("must be a Hub repo id, owner/name")
+        return v
+
+
 class RunConfig(Strict):
     name: str = Field(default="run", pattern=r"^[A-Za-z0-9][\w.-]*$")
     output_dir: str
@@ -133,6 +150,7 @@ class RunConfig(Strict):
     scoring: ScoringConfig = Field(default_factory=ScoringConfig)
     build: BuildConfig = Field(default_factory=BuildConfig)
     shard_size: int = Field(default=64, ge=1, description="problems per shard task")
+    publish: PublishConfig | None = None
 
     @model_validator(mode="after")
     def _template_known(self) -> RunConfig:

@@ -33,7 +33,7 @@ from pipeline.verify import VERIFIER_VERSION, Verdict, VerifierPool
 
 # Config keys that change no generated row: a rerun may change them freely (build settings only
 # change the derived tables, which every run rebuilds).
-NEUTRAL_KEYS = ("name", "output_dir", "verifier.workers", "build")
+NEUTRAL_KEYS = ("name", "output_dir", "verifier.workers", "build", "publish")
 # Keys that change which problems a shard holds, not how a problem's rows are made: the shard key
 # covers them through the problems' content instead.
 NON_OUTPUT_KEYS = (*NEUTRAL_KEYS, "shard_size", "problems")
