@@ -544,6 +544,40 @@ def publish_cmd(
         console.print(f"published [bold]{repo}[/] ({', '.join(result['configs'])}): {result['commit_url']}")
 
 
+@app.command("serve")
+def serve_cmd(
+    config: Annotated[Path, typer.Argument(help="run config (YAML) to generate on schedule")],
+    cron: Annotated[str, typer.Option(help='cron schedule, e.g. "0 2 * * *" (02:00 every night)')],
+    set_: Annotated[list[str] | None, typer.Option("--set", help="override a key on every run")] = None,
+    name: Annotated[str | None, typer.Option(help="deployment name (default: the config's name)")] = None,
+    timezone: Annotated[str, typer.Option(help="time zone of the cron schedule")] = "UTC",
+    verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
+) -> None:
+    """Run the generate flow on a cron schedule from this process (Prefect's flow.serve): no work
+    pool or worker needed. Stop with Ctrl-C. Add a `publish:` block to publish every run."""
+    _quiet_defaults(verbose)
+    from pipeline.config import load_config
+
+    try:
+        cfg = load_config(config, set_ or [])
+    except _user_errors() as e:
+        _fail(str(e))
+    from prefect.schedules import Cron
+
+    from flows.generate import generate_flow
+
+    deployment = name or f"{cfg.name}-scheduled"
+    console.print(
+        f"serving [bold]expo-generate/{deployment}[/] on cron {cron!r} ({timezone}): {config} -> {cfg.output_dir}",
+        highlight=False,
+    )
+    generate_flow.serve(
+        name=deployment,
+        schedule=Cron(cron, timezone=timezone),
+        parameters={"config_path": str(config.resolve()), "overrides": set_ or [], "force_new": False},
+    )
+
+
 @tiny_app.command("build")
 def tiny_build(
     out: Annotated[Path | None, typer.Option(help="output folder (default: data/tiny-model in the repo)")] = None,
