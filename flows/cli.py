@@ -503,6 +503,48 @@ def online_cmd(
     console.print(f"final policy: [bold]{rows[-1]['policy']}[/]\nstate: {Path(cfg.output_dir) / 'online.json'}")
 
 
+@app.command("build")
+def build_cmd(
+    source: Annotated[str, typer.Argument(help="a run dir, a published dataset folder, or a Hub dataset repo id")],
+    out: Annotated[Path | None, typer.Option(help="run dir to write (default: rebuild SOURCE in place)")] = None,
+    set_: Annotated[
+        list[str] | None, typer.Option("--set", help="a build key: --set build.pairs_per_problem=2")
+    ] = None,
+    revision: Annotated[str | None, typer.Option(help="Hub revision of SOURCE")] = None,
+) -> None:
+    """Cut the training sets (dpo, dpo_expert, dpo_self, grpo, sft) again from samples, with other
+    build settings, from your run or from published samples."""
+    from pydantic import ValidationError
+
+    from pipeline.build import materialize, rebuild
+    from pipeline.config import BuildConfig, parse_override
+    from pipeline.store import RunDir
+
+    errors = _user_errors()
+    is_run = (Path(source) / "run.json").exists() and (Path(source) / "samples").is_dir()
+    if out is None and not is_run:
+        _fail(f"{source} is not a run dir; pass --out DIR to build from published data")
+    try:
+        run = RunDir(source) if out is None else None
+        base = ((run.load_run_json() or {}).get("config") or {}).get("build", {}) if run else {}
+        values = dict(base)
+        for item in set_ or []:
+            key, value = parse_override(item)
+            if not key.startswith("build."):
+                _fail(f"--set {item!r}: only build.* keys change what a rebuild makes")
+            values[key.removeprefix("build.")] = value
+        cfg = BuildConfig.model_validate(values)
+        if run is None:
+            run = materialize(source, out, revision=revision)
+        stats = rebuild(run, cfg)
+    except ValidationError as e:
+        _fail(f"invalid build settings: {e}")
+    except errors as e:
+        _fail(str(e))
+    rows = ", ".join(f"{k} {v}" for k, v in stats["rows"].items())
+    console.print(f"built {run.root}: {rows}", highlight=False)
+
+
 @app.command("publish")
 def publish_cmd(
     run_dir: Annotated[Path, typer.Argument(help="a finished run dir")],

@@ -19,6 +19,7 @@ Rules (``build`` in the run config):
 
 from __future__ import annotations
 
+import json
 import shutil
 from collections import Counter
 from pathlib import Path
@@ -30,7 +31,7 @@ import pyarrow.parquet as pq
 
 import schemas
 from pipeline.config import BuildConfig
-from pipeline.store import RunDir, parquet_files, read_table, write_parquet
+from pipeline.store import RunDir, parquet_files, read_table, write_json, write_parquet
 
 CHOSEN_COLS = ["chosen_sample_id", "chosen_text", "chosen_nll_mean", "chosen_answer_logprob"]
 
@@ -344,3 +345,58 @@ def _coverage(run: RunDir, cfg: BuildConfig, n_problems: int, paired: int) -> di
         },
         "hint_leaks": leaks,
     }
+
+
+# ----------------------------------------------------------------------------------------------
+# Rebuilding from published data
+
+
+def materialize(source: str | Path, out: str | Path, revision: str | None = None) -> RunDir:
+    """Lay out ``problems`` and ``samples`` from a published dataset (a Hub repo id, or a local
+    folder in the published layout such as a publish dry-run) as a run dir in ``out``, so the
+    builders can cut new training sets from someone else's samples. Every file is schema-checked."""
+    from pipeline.config import looks_like_hub_id
+
+    src = Path(source)
+    if not src.exists():
+        if not looks_like_hub_id(str(source)):
+            raise FileNotFoundError(f"no such run dir or dataset folder, and not a Hub repo id: {source}")
+        from huggingface_hub import snapshot_download
+
+        src = Path(
+            snapshot_download(
+                str(source),
+                repo_type="dataset",
+                revision=revision,
+                allow_patterns=["problems/*.parquet", "samples/*.parquet", "run.json"],
+            )
+        )
+    run = RunDir(out)
+    sample_files = parquet_files(src / "samples") if (src / "samples").exists() else []
+    if not sample_files or not (src / "problems").exists():
+        raise FileNotFoundError(f"{source} has no samples/ and problems/ tables to build from")
+    problems = read_table(src / "problems", "problems")
+    if run.samples.exists():
+        shutil.rmtree(run.samples)
+    run.samples.mkdir(parents=True)
+    for i, f in enumerate(sample_files):
+        schemas.check(pq.read_schema(f), "samples", where=str(f))
+        shutil.copyfile(f, run.shard(i))
+    write_parquet(problems, run.problems)
+    doc = json.loads((src / "run.json").read_text()) if (src / "run.json").exists() else {}
+    doc["rebuilt_from"] = {"source": str(source), "revision": revision}
+    write_json(doc, run.run_json)
+    return run
+
+
+def rebuild(run: RunDir, cfg: BuildConfig) -> dict[str, Any]:
+    """Cut the training sets again with ``cfg`` and record it in run.json."""
+    from pipeline.generate import table_manifest
+
+    stats = build_datasets(run, cfg)
+    doc = run.load_run_json() or {}
+    doc.setdefault("config", {})["build"] = cfg.model_dump()
+    doc["build"] = stats
+    doc["tables"] = table_manifest(run)
+    write_json(doc, run.run_json)
+    return stats

@@ -74,14 +74,13 @@ class HubRecorder:
             def do_GET(self) -> None:
                 self._record()
                 path = self.path.split("?")[0]
-                if re.match(r"^/api/datasets/[^/]+/[^/]+/tree/", path):
-                    tree = [
-                        {"type": "file", "path": p, "oid": hashlib.sha1(b).hexdigest(), "size": len(b)}
-                        for p, b in sorted(recorder.files.items())
-                    ]
-                    return self._send(200, tree)
-                if re.match(r"^/api/datasets/[^/]+/[^/]+(/revision/.*)?$", path):
-                    return self._send(200, {"id": "x", "sha": recorder.head(), "siblings": []})
+                tree = re.match(r"^/api/datasets/[^/]+/[^/]+/tree/[^/]+/?(.*)$", path)
+                if tree:
+                    return self._send(200, recorder.tree(tree.group(1), "recursive=true" in self.path))
+                info = re.match(r"^/api/datasets/([^/]+/[^/]+)(/revision/.*)?$", path)
+                if info:
+                    siblings = [{"rfilename": p, "size": len(b)} for p, b in sorted(recorder.files.items())]
+                    return self._send(200, {"id": info.group(1), "sha": recorder.head(), "siblings": siblings})
                 return self._resolve()
 
             def _resolve(self) -> None:
@@ -149,6 +148,21 @@ class HubRecorder:
         oid = hashlib.sha1(json.dumps([header, added, deleted, len(self.commits)]).encode()).hexdigest()
         self.commits.append({"oid": oid, "summary": header.get("summary"), "added": added, "deleted": deleted})
         return {"commitUrl": f"{self.url}/datasets/{repo_id}/commit/{oid}", "commitOid": oid, "pullRequestUrl": None}
+
+    def tree(self, folder: str, recursive: bool) -> list[dict[str, Any]]:
+        """The Hub's tree listing of ``folder``: files, and (non-recursive) the folders directly in it."""
+        prefix = f"{folder.strip('/')}/" if folder.strip("/") else ""
+        entries: dict[str, dict[str, Any]] = {}
+        for p, b in sorted(self.files.items()):
+            if not p.startswith(prefix):
+                continue
+            rest = p[len(prefix) :]
+            if "/" in rest and not recursive:
+                d = prefix + rest.split("/", 1)[0]
+                entries[d] = {"type": "directory", "path": d, "oid": "0" * 40, "size": 0}
+                continue
+            entries[p] = {"type": "file", "path": p, "oid": hashlib.sha1(b).hexdigest(), "size": len(b)}
+        return list(entries.values())
 
     def calls_to(self, fragment: str, method: str | None = None) -> list[Call]:
         return [c for c in self.calls if fragment in c.path and (method is None or c.method == method)]

@@ -188,3 +188,71 @@ def test_a_failed_commit_changes_nothing_and_its_error_carries_no_token(quicksta
     assert hub.commits == [] and hub.files == {}
     proc = _publish_subprocess(hub, quickstart_run.root, tmp_path)  # the retry goes through
     assert proc.returncode == 0 and len(hub.commits) == 1
+
+
+def _same_tables(a: Path, b: Path, names) -> None:
+    import pyarrow.parquet as pq
+
+    for name in names:
+        ta = pq.ParquetDataset(sorted((a / name).glob("*.parquet"))).read()
+        tb = pq.ParquetDataset(sorted((b / name).glob("*.parquet"))).read()
+        assert ta.to_pylist() == tb.to_pylist(), name
+
+
+def test_builders_cut_the_same_sets_from_a_published_folder(quickstart_run, tmp_path):
+    from pipeline.build import materialize, rebuild
+    from pipeline.config import BuildConfig
+
+    _stage(quickstart_run, tmp_path / "rel")
+    doc = json.loads((quickstart_run.root / "run.json").read_text())
+    run = materialize(tmp_path / "rel", tmp_path / "rebuilt")
+    stats = rebuild(run, BuildConfig.model_validate(doc["config"]["build"]))
+    assert stats["rows"] == doc["build"]["rows"]
+    _same_tables(quickstart_run.root, run.root, ["dpo", "dpo_expert", "dpo_self", "grpo", "sft"])
+    more = rebuild(run, BuildConfig(pairs_per_problem=2))
+    assert more["rows"]["dpo"] > stats["rows"]["dpo"]
+    assert json.loads((run.root / "run.json").read_text())["config"]["build"]["pairs_per_problem"] == 2
+
+
+def test_builders_read_a_hub_repo(quickstart_run, hub, tmp_path):
+    """Publish to the recorder, then rebuild from the repo id in a fresh process (HF_ENDPOINT)."""
+    assert _publish_subprocess(hub, quickstart_run.root, tmp_path).returncode == 0
+    out = tmp_path / "from-hub"
+    env = {**os.environ, "HF_ENDPOINT": hub.url, "HF_HUB_OFFLINE": "0", "HF_HUB_CACHE": str(tmp_path / "cache")}
+    proc = subprocess.run(
+        [str(Path(sys.executable).parent / "expo-data"), "build", "me/expo-quickstart", "--out", str(out)],
+        env=env,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    _same_tables(quickstart_run.root, out, ["dpo", "grpo", "sft"])
+    assert json.loads((out / "run.json").read_text())["rebuilt_from"]["source"] == "me/expo-quickstart"
+
+
+def test_trainer_reads_a_hub_repo(quickstart_run, hub, tmp_path):
+    """`expo-data train --data owner/name`: the dpo config through the card, from the endpoint."""
+    assert _publish_subprocess(hub, quickstart_run.root, tmp_path).returncode == 0
+    env = {
+        **os.environ,
+        "HF_ENDPOINT": hub.url,
+        "HF_HUB_OFFLINE": "0",
+        "HF_DATASETS_OFFLINE": "0",
+        "HF_HUB_CACHE": str(tmp_path / "hub-cache"),
+        "HF_DATASETS_CACHE": str(tmp_path / "datasets-cache"),
+    }
+    code = (
+        "from pipeline.train.config import load_train_config\n"
+        "from pipeline.train.run import train\n"
+        f"cfg = load_train_config(None, ['max_steps=1', 'per_device_batch_size=2'], base={{'kind': 'dpo', "
+        f"'data': 'me/expo-quickstart', 'model': {str(ROOT / 'data' / 'tiny-model')!r}, "
+        f"'output_dir': {str(tmp_path / 'ckpt')!r}}})\n"
+        "train(cfg)\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], env=env, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    doc = json.loads((tmp_path / "ckpt" / "train.json").read_text())
+    assert doc["data"] == {"kind": "hub", "repo": "me/expo-quickstart", "table": "dpo", "revision": None}
+    assert doc["rows"] == _run_rows(quickstart_run, "dpo") and doc["global_step"] == 1
