@@ -61,7 +61,7 @@ def _fail(message: str) -> None:
 def _user_errors() -> tuple[type[Exception], ...]:
     from pipeline.config import ConfigError
     from pipeline.engines import EngineError
-    from pipeline.generate import RunDirConflictError
+    from pipeline.generate import RunDirConflictError, ShardFailedError
     from pipeline.problems import ProblemsError
     from pipeline.train.data import TrainDataError
     from pipeline.train.run import TrainedAlreadyError
@@ -71,6 +71,7 @@ def _user_errors() -> tuple[type[Exception], ...]:
         ConfigError,
         ProblemsError,
         RunDirConflictError,
+        ShardFailedError,
         SchemaError,
         EngineError,
         FileNotFoundError,
@@ -159,7 +160,9 @@ class _ProgressView:
             )
         elif event in ("shard.done", "shard.skipped") and self.shards_task is not None:
             verb = "skipped (done)" if event == "shard.skipped" else f"{data.get('rows', 0)} rows"
-            self.p.update(self.shards_task, advance=1, description=f"shard {data['index']}: {verb}")
+            self.p.update(self.shards_task, description=f"shard {data['index']}: {verb}")
+        elif event == "shard.finished" and self.shards_task is not None:
+            self.p.update(self.shards_task, advance=1)
         elif event == "online.round":
             self.p.console.print(f"[bold]round {data['round']}[/]: {data['step']}", highlight=False)
         elif event == "train.start":

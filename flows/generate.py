@@ -7,18 +7,19 @@ or the Prefect UI.
 
 from __future__ import annotations
 
+import hashlib
 import time
 from typing import Any
 
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
-from prefect.cache_policies import NO_CACHE
+from prefect.cache_policies import NO_CACHE, CachePolicy
 
-from pipeline import build
+from pipeline import __version__, build, progress
 from pipeline import generate as gen
 from pipeline import report as rep
 from pipeline.config import RunConfig, load_config
-from pipeline.engines import get_engine
+from pipeline.engines import get_engine, release_engines
 from pipeline.store import RunDir
 from pipeline.verify import VerifierPool
 
@@ -36,10 +37,31 @@ def load_problems_task(cfg: RunConfig, run: RunDir, pool: VerifierPool) -> dict[
     return summary
 
 
-@task(name="generate-shard", cache_policy=NO_CACHE, task_run_name="shard-{plan.index}")
+def _shard_cache_key(context: Any, parameters: dict[str, Any]) -> str | None:
+    """Prefect's cache key of a shard task: our shard key (problems' text, output config, model
+    files, template), the run dir and the code version, and only once the shard's file on disk is
+    complete. So a
+    Prefect cache hit can never claim a shard our done-marker does not, and a rerun or a retry from
+    the UI agrees with a rerun from the command line."""
+    plan, run = parameters["plan"], parameters["run"]
+    if not run.shard_done(plan.index, plan.key):
+        return None
+    run_id = hashlib.sha256(str(run.root.resolve()).encode()).hexdigest()[:12]
+    return f"expo-shard-{plan.key}-{run_id}-{__version__}"
+
+
+SHARD_CACHE = CachePolicy.from_cache_key_fn(_shard_cache_key)
+
+
+@task(name="generate-shard", cache_policy=SHARD_CACHE, persist_result=True, task_run_name="shard-{plan.index}")
 def shard_task(cfg: RunConfig, run: RunDir, plan: gen.ShardPlan, pool: VerifierPool) -> dict[str, Any]:
     engine = get_engine(cfg.model, seed=cfg.generation.sampling.seed)
-    stats = gen.run_shard(cfg, run, plan, engine, pool)
+    try:
+        stats = gen.run_shard(cfg, run, plan, engine, pool)
+    except Exception:
+        # A crashed engine is not reused: the retry (or the next shard) loads a fresh one.
+        release_engines()
+        raise
     if stats.get("skipped"):
         get_run_logger().info("shard %d already complete, skipped", plan.index)
     else:
@@ -109,7 +131,18 @@ def generate_flow(config_path: str, overrides: list[str] | None = None, force_ne
         problems_summary = load_problems_task(cfg, run, pool)
         t_problems = time.monotonic()
         plans = gen.plan_shards(cfg, run)
-        shard_stats = [shard_task(cfg, run, plan, pool) for plan in plans]
+        retrying = shard_task.with_options(retries=cfg.retries.shards, retry_delay_seconds=cfg.retries.delay_s)
+        shard_stats = []
+        for plan in plans:
+            try:
+                shard_stats.append(retrying(cfg, run, plan, pool))
+                progress.emit("shard.finished", index=plan.index)
+            except Exception as e:
+                raise gen.ShardFailedError(
+                    f"shard {plan.index} (problems {plan.start}..{plan.stop - 1}) failed after "
+                    f"{cfg.retries.shards + 1} tries: {type(e).__name__}: {e}. Finished shards are kept; "
+                    "rerun the same command to resume."
+                ) from e
         t_shards = time.monotonic()
         build_stats = build_task(cfg, run)
         t_build = time.monotonic()

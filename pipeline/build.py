@@ -30,6 +30,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 import schemas
+from pipeline import progress
 from pipeline.config import BuildConfig
 from pipeline.store import RunDir, parquet_files, read_table, write_json, write_parquet
 
@@ -271,7 +272,9 @@ def build_datasets(run: RunDir, cfg: BuildConfig) -> dict[str, Any]:
     paired: set[str] = set()
     by_level: dict[str, Counter[str]] = {name: Counter() for name in schemas.DATASETS}
     shards = parquet_files(run.samples)
+    progress.emit("build.start", shards=len(shards))
     for shard_file in shards:
+        progress.emit("build.shard", shard=shard_file.name)
         schemas.check(pq.read_schema(shard_file), "samples", where=str(shard_file))
         samples = pl.scan_parquet(shard_file)
         c = _candidates(samples, cfg)
@@ -295,6 +298,7 @@ def build_datasets(run: RunDir, cfg: BuildConfig) -> dict[str, Any]:
             if name == "dpo":
                 paired.update(table.column("problem_id").to_pylist())
     for name, path in staging.items():
+        progress.emit("build.swap", table=name)
         _swap_in(path, run.table(name))
     stats = _coverage(run, cfg, problems_table.num_rows, len(paired))
     stats["dpo_pairs_without_candidate"] = {

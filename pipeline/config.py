@@ -122,6 +122,13 @@ class BuildConfig(Strict):
     )
 
 
+class RetriesConfig(Strict):
+    """Prefect retries of a shard task whose engine crashed (per-request errors never fail a shard)."""
+
+    shards: int = Field(default=1, ge=0, description="retries of a failed shard task")
+    delay_s: float = Field(default=10.0, ge=0, description="seconds between tries")
+
+
 class PublishConfig(Strict):
     """Publish the run's datasets to the Hub when the generate flow ends (for scheduled runs)."""
 
@@ -150,6 +157,7 @@ class RunConfig(Strict):
     scoring: ScoringConfig = Field(default_factory=ScoringConfig)
     build: BuildConfig = Field(default_factory=BuildConfig)
     shard_size: int = Field(default=64, ge=1, description="problems per shard task")
+    retries: RetriesConfig = Field(default_factory=RetriesConfig)
     publish: PublishConfig | None = None
 
     @model_validator(mode="after")

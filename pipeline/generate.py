@@ -33,10 +33,14 @@ from pipeline.verify import VERIFIER_VERSION, Verdict, VerifierPool
 
 # Config keys that change no generated row: a rerun may change them freely (build settings only
 # change the derived tables, which every run rebuilds).
-NEUTRAL_KEYS = ("name", "output_dir", "verifier.workers", "build", "publish")
+NEUTRAL_KEYS = ("name", "output_dir", "verifier.workers", "build", "publish", "retries")
 # Keys that change which problems a shard holds, not how a problem's rows are made: the shard key
 # covers them through the problems' content instead.
 NON_OUTPUT_KEYS = (*NEUTRAL_KEYS, "shard_size", "problems")
+
+
+class ShardFailedError(RuntimeError):
+    """A shard failed on every try; the message names it and its problems."""
 
 
 class RunDirConflictError(RuntimeError):
@@ -119,6 +123,7 @@ def prepare_run_dir(cfg: RunConfig, force: bool = False) -> RunDir:
     if force and run.root.exists():
         _clear_run_dir(run)
     run.root.mkdir(parents=True, exist_ok=True)
+    run.remove_stale_temp_files()
     # Record the config before any table is written: a run killed before its end must still
     # refuse a rerun with a different config.
     doc = (run.load_run_json() if not force else None) or {
@@ -381,6 +386,7 @@ def run_shard(cfg: RunConfig, run: RunDir, plan: ShardPlan, engine: Engine, pool
     rows = sample_rows(plan.index, results, verdicts, extras, meta, requests, cfg, template, engine.name)
     table = schemas.from_rows("samples", rows)
     shard_meta = {SHARD_KEY_META: plan.key.encode()}
+    progress.emit("shard.writing", index=plan.index, rows=len(rows))
     if cfg.scoring.enabled:
         # Before the samples shard: that file is the done-marker, so it must come last.
         write_parquet(schemas.from_rows("expert_scores", expert_rows), run.expert_shard(plan.index), shard_meta)

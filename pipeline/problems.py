@@ -30,7 +30,10 @@ REASONS = {
     "gold_timeout": "parsing the gold answer exceeded the verifier deadline",
     "gold_error": "parsing the gold answer failed",
     "duplicate_id": "another row already has this problem id",
+    "too_long": "the question or the gold answer is longer than a problem can sensibly be",
 }
+MAX_QUESTION_CHARS = 20_000  # the longest MATH problem is ~4k characters
+MAX_GOLD_CHARS = 1_000  # a final answer, not a derivation; longer ones are never parsed
 MAX_RAW_CHARS = 2000
 
 MATH_SUBJECTS = [
@@ -101,7 +104,8 @@ def _read_jsonl(path: Path, label: str) -> Iterator[RawRow]:
             if not raw.strip():
                 continue
             try:
-                data = json.loads(raw.decode("utf-8"))
+                # utf-8-sig on the first line: files saved by Windows tools start with a BOM.
+                data = json.loads(raw.decode("utf-8-sig" if n == 0 else "utf-8"))
             except UnicodeDecodeError as e:
                 yield RawRow(label, n, None, f"line {n + 1}: not UTF-8 ({e.reason} at byte {e.start})")
                 continue
@@ -402,6 +406,12 @@ def load_problems(
         if fields["answer"] is None or not fields["answer"]:
             where = mapping.answer or mapping.solution
             reject(raw, "missing_gold", f"no gold answer in {where!r}", pid)
+            continue
+        if len(question) > MAX_QUESTION_CHARS or len(fields["answer"]) > MAX_GOLD_CHARS:
+            which = "question" if len(question) > MAX_QUESTION_CHARS else "gold answer"
+            size = len(question) if which == "question" else len(fields["answer"])
+            limit = MAX_QUESTION_CHARS if which == "question" else MAX_GOLD_CHARS
+            reject(raw, "too_long", f"{which} has {size} characters (limit {limit})", pid)
             continue
         if pid in seen:
             reject(raw, "duplicate_id", f"problem id {pid!r} already used by an earlier row", pid)

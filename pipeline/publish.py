@@ -21,8 +21,10 @@ from pathlib import Path
 from typing import Any
 
 import polars as pl
+import pyarrow.parquet as pq
 import yaml
 
+import schemas
 from pipeline.secrets import redact
 from pipeline.store import RunDir, parquet_files, parquet_rows
 
@@ -286,6 +288,8 @@ def stage(
         files = [f for f in parquet_files(src) if parquet_rows(f) > 0] if src.exists() else []
         if not files:
             continue  # `datasets` cannot load a config with no rows: an empty table is not published
+        for f in files:  # never publish a foreign or outdated table under our config names
+            schemas.check(pq.read_schema(f), table, where=str(f))
         (dest / table).mkdir()
         for i, f in enumerate(files):
             name = f"{table}/train-{i:05d}-of-{len(files):05d}.parquet"

@@ -139,3 +139,13 @@ class RunDir:
         if not self.run_json.exists():
             return None
         return json.loads(self.run_json.read_text())
+
+    def remove_stale_temp_files(self) -> list[Path]:
+        """Delete the temp files of writes that a killed process left half-done (``.NAME.*.tmp``,
+        never visible to readers): a rerun starts from finished files only."""
+        if not self.root.exists():
+            return []
+        stale = [p for p in self.root.rglob(".*.tmp") if p.is_file()]
+        for p in stale:
+            p.unlink(missing_ok=True)
+        return stale

@@ -256,3 +256,16 @@ def test_trainer_reads_a_hub_repo(quickstart_run, hub, tmp_path):
     doc = json.loads((tmp_path / "ckpt" / "train.json").read_text())
     assert doc["data"] == {"kind": "hub", "repo": "me/expo-quickstart", "table": "dpo", "revision": None}
     assert doc["rows"] == _run_rows(quickstart_run, "dpo") and doc["global_step"] == 1
+
+
+def test_publish_refuses_a_foreign_table_under_a_config_name(quickstart_run, tmp_path):
+    import shutil
+
+    from schemas import SchemaError
+
+    fake = tmp_path / "run"
+    shutil.copytree(quickstart_run.root, fake)
+    target = next((fake / "dpo").glob("*.parquet"))
+    shutil.copy(next((fake / "sft").glob("*.parquet")), target)
+    with pytest.raises(SchemaError, match=r"expected table 'dpo' in .*, found table 'sft'"):
+        _stage(type(quickstart_run)(fake), tmp_path / "rel")

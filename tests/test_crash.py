@@ -1,0 +1,164 @@
+"""Kill -9 a real run at its own progress markers, rerun, and get exactly the tables of a run that
+was never interrupted."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.slow
+ROOT = Path(__file__).resolve().parent.parent
+EXPO = Path(sys.executable).parent / "expo-data"
+SETTINGS = [
+    "model.engine=hf",
+    "problems.limit=32",
+    "shard_size=8",
+    "generation.sampling.max_tokens=64",
+]
+TABLES = ("problems", "samples", "expert_scores", "dpo", "dpo_expert", "dpo_self", "grpo", "sft")
+
+
+def _run(out: Path, events: Path, kill_at=None, timeout: float = 400) -> str:
+    """Run the quickstart config into ``out``; with ``kill_at`` (a predicate on an event), SIGKILL
+    the whole process group as soon as the run emits a matching event."""
+    args = [str(EXPO), "run", str(ROOT / "data" / "quickstart.yaml"), "--set", f"output_dir={out}"]
+    for s in SETTINGS:
+        args += ["--set", s]
+    env = {**os.environ, "EXPO_DATA_EVENTS": str(events)}
+    proc = subprocess.Popen(
+        args, env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True, text=True
+    )
+    deadline = time.monotonic() + timeout
+    seen = 0
+    while proc.poll() is None and time.monotonic() < deadline:
+        if kill_at is not None and events.exists():
+            lines = events.read_text().splitlines()
+            for line in lines[seen:]:
+                if kill_at(json.loads(line)):
+                    os.killpg(proc.pid, signal.SIGKILL)
+                    proc.wait()
+                    return "killed"
+            seen = len(lines)
+        time.sleep(0.01)
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGKILL)
+        pytest.fail("run did not finish in time")
+    output = proc.stdout.read()
+    assert proc.returncode == 0, output
+    assert kill_at is None, f"the run finished before its kill point:\n{output}"
+    return "finished"
+
+
+def _fingerprint(root: Path) -> dict[str, str]:
+    """Every file of every table (hidden ones too), by content."""
+    out = {}
+    for table in TABLES:
+        for f in sorted((root / table).rglob("*")) if (root / table).exists() else []:
+            if f.is_file():
+                out[str(f.relative_to(root))] = hashlib.sha256(f.read_bytes()).hexdigest()
+    return out
+
+
+def _events(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+
+
+def test_sigkill_at_any_point_then_rerun_gives_the_uninterrupted_tables(tmp_path):
+    baseline = tmp_path / "baseline"
+    _run(baseline, tmp_path / "baseline.jsonl")
+    crashed = tmp_path / "crashed"
+    points = [
+        ("mid-generation of shard 1", lambda e: e["event"] == "shard.start" and e["index"] == 1),
+        ("while writing shard 3", lambda e: e["event"] == "shard.writing" and e["index"] == 3),
+        ("mid-build", lambda e: e["event"] == "build.shard" and e["shard"] == "shard-00002.parquet"),
+        ("while swapping the built tables in", lambda e: e["event"] == "build.swap" and e["table"] == "grpo"),
+    ]
+    for i, (_, predicate) in enumerate(points):
+        assert _run(crashed, tmp_path / f"crash-{i}.jsonl", kill_at=predicate) == "killed"
+        assert json.loads((crashed / "run.json").read_text())["status"] == "running"
+    _run(crashed, tmp_path / "final.jsonl")
+    # Only unfinished shards were redone.
+    first_rerun = _events(tmp_path / "crash-1.jsonl")
+    assert [e["index"] for e in first_rerun if e["event"] == "shard.start"][:1] == [1]  # 0 was kept
+    final = _events(tmp_path / "final.jsonl")
+    assert [e["index"] for e in final if e["event"] == "shard.finished"] == [0, 1, 2, 3]
+    assert not [e for e in final if e["event"] == "shard.start"]  # nothing regenerated
+    # The same tables, file for file, and no temp or staging files left behind.
+    assert _fingerprint(crashed) == _fingerprint(baseline)
+    leftovers = [p.name for p in crashed.rglob("*") if p.name.startswith(".")]
+    assert leftovers == []
+    doc, base = (json.loads((d / "run.json").read_text()) for d in (crashed, baseline))
+    assert doc["status"] == "complete" and doc["tables"] == base["tables"]
+
+
+class _Crashing:
+    """The real engine, except that generate() dies like a crashed GPU engine."""
+
+    calls = 0
+
+    def __init__(self, inner):
+        self.inner = inner
+
+    def __getattr__(self, name):
+        return getattr(self.inner, name)
+
+    def generate(self, requests, call_seed=0):
+        _Crashing.calls += 1
+        raise RuntimeError("CUDA error: an illegal memory access was encountered (simulated)")
+
+
+def test_an_engine_crash_is_retried_with_a_fresh_engine_and_a_persistent_one_names_the_shard(
+    prefect_harness, tmp_path, monkeypatch
+):
+    from flows.generate import generate_flow
+    from pipeline import engines
+    from pipeline.config import load_config
+    from pipeline.generate import ShardFailedError
+
+    config = str(ROOT / "data" / "quickstart.yaml")
+    settings = ["model.engine=hf", "problems.limit=8", "generation.sampling.max_tokens=32", "retries.delay_s=0"]
+    cfg = load_config(config, [f"output_dir={tmp_path / 'a'}", *settings])
+    real = engines.load_engine(cfg.model, seed=cfg.generation.sampling.seed)
+    engines.release_engines()
+    engines._CACHE[(cfg.model.model_dump_json(), cfg.generation.sampling.seed)] = _Crashing(real)
+    _Crashing.calls = 0
+    run_dir = generate_flow(config, [f"output_dir={tmp_path / 'a'}", *settings])  # 1 retry by default
+    assert _Crashing.calls == 1
+    assert json.loads((Path(run_dir) / "run.json").read_text())["status"] == "complete"
+
+    engines.release_engines()  # the retry above cached a fresh, working engine
+    monkeypatch.setattr(engines, "load_engine", lambda model_cfg, seed=0: _Crashing(real))
+    _Crashing.calls = 0
+    with pytest.raises(ShardFailedError, match=r"shard 0 \(problems 0\.\.7\) failed after 3 tries: RuntimeError: CUDA"):
+        generate_flow(config, [f"output_dir={tmp_path / 'b'}", *settings, "retries.shards=2"])
+    assert _Crashing.calls == 3
+    engines.release_engines()
+
+
+def test_prefect_cache_key_follows_our_done_marker(quickstart_run, tmp_path):
+    import shutil
+
+    from flows.generate import _shard_cache_key
+    from pipeline import __version__
+    from pipeline import generate as gen
+    from pipeline.config import load_config
+    from pipeline.store import RunDir
+
+    cfg = load_config(ROOT / "data" / "quickstart.yaml", [f"output_dir={quickstart_run.root}"])
+    plans = gen.plan_shards(cfg, quickstart_run)
+    key = _shard_cache_key(None, {"plan": plans[0], "run": quickstart_run})
+    assert plans[0].key in key and key.endswith(__version__)
+    copy = RunDir(shutil.copytree(quickstart_run.root, tmp_path / "copy"))
+    other = _shard_cache_key(None, {"plan": plans[0], "run": copy})
+    assert other is not None and other != key  # one run's cache never answers for another's
+    quickstart_run_shard = copy.shard(plans[0].index)
+    quickstart_run_shard.unlink()
+    assert _shard_cache_key(None, {"plan": plans[0], "run": copy}) is None  # not on disk: no cache hit
