@@ -83,6 +83,38 @@ def fast_equal(gold: str, extracted: str) -> bool:
     return normalise(gold) == normalise(extracted)
 
 
+_INT = re.compile(r"-?\d+")
+_INTERVAL = re.compile(r"([\[(])(-?\d+),(-?\d+)([\])])")
+
+
+def _literal(s: str) -> tuple | None:
+    """A normalised answer that is a plain integer, a set of plain integers or an interval with
+    integer ends, as a value that compares the way Math-Verify compares it; None for anything else."""
+    if _INT.fullmatch(s):
+        return ("int", int(s))
+    if s.startswith("\\{") and s.endswith("\\}"):
+        parts = s[2:-2].split(",")
+        if all(_INT.fullmatch(p) for p in parts):
+            return ("set", frozenset(int(p) for p in parts))
+        return None
+    m = _INTERVAL.fullmatch(s)
+    if m and m.group(1) + m.group(4) in ("[]", "[)", "(]"):  # "(a,b)" could be a point or a tuple
+        return ("interval", m.group(1), int(m.group(2)), int(m.group(3)), m.group(4))
+    return None
+
+
+def fast_verdict(gold: str, extracted: str) -> bool | None:
+    """True or False when plain string work settles it, None when sympy must decide: equal
+    normalised strings, or two integers, two integer sets, two integer-bounded intervals."""
+    g, e = normalise(gold), normalise(extracted)
+    if g == e:
+        return True
+    a, b = _literal(g), _literal(e)
+    if a is None or b is None or a[0] != b[0]:
+        return None
+    return a == b
+
+
 # ----------------------------------------------------------------------------------------------
 # Worker side. Runs in a separate process, in its main thread.
 
@@ -224,7 +256,7 @@ class VerifierPool:
         self.grace_s = max(1.0, 0.5 * self.timeout_s)
         self.memory_limit_mb = memory_limit_mb
         self._workers: list[_Worker] = []
-        self.stats = {"fast_path": 0, "parsed": 0, "timeouts": 0, "restarts": 0, "no_answer": 0}
+        self.stats = {"fast_path": 0, "repeats": 0, "parsed": 0, "timeouts": 0, "restarts": 0, "no_answer": 0}
 
     # lifecycle ------------------------------------------------------------------------------
     def _spawn(self) -> _Worker:
@@ -283,8 +315,10 @@ class VerifierPool:
         out: list[list[Verdict | None]] = [[None] * len(completions) for _, completions in groups]
         slots: list[tuple[int, int]] = []
         jobs: list[_Job] = []
+        repeats: list[tuple[int, int, int]] = []  # (group, index, slot of the same answer's first item)
         for g, (gold, completions) in enumerate(groups):
             items: list[tuple[int, str]] = []
+            first_slot: dict[str, int] = {}  # a verdict depends on (gold, answer) only: parse each once
             for i, completion in enumerate(completions):
                 extracted = last_boxed(completion or "")
                 if extracted is None:
@@ -292,10 +326,15 @@ class VerifierPool:
                     self.stats["no_answer"] += 1
                 elif len(extracted) > MAX_ANSWER_CHARS:
                     out[g][i] = Verdict("incorrect", extracted[:MAX_ANSWER_CHARS], None, "answer too long to parse")
-                elif fast_equal(gold, extracted):
-                    out[g][i] = Verdict("correct", extracted, None, "matches the gold string")
+                elif (fast := fast_verdict(gold, extracted)) is not None:
+                    detail = "matches the gold string" if fast else "differs from the gold literal"
+                    out[g][i] = Verdict("correct" if fast else "incorrect", extracted, None, detail)
                     self.stats["fast_path"] += 1
+                elif extracted in first_slot:
+                    repeats.append((g, i, first_slot[extracted]))
+                    self.stats["repeats"] += 1
                 else:
+                    first_slot[extracted] = len(slots)
                     items.append((len(slots), extracted))
                     slots.append((g, i))
             if items:
@@ -304,6 +343,8 @@ class VerifierPool:
         for slot, verdict in results.items():
             g, i = slots[slot]
             out[g][i] = verdict
+        for g, i, slot in repeats:
+            out[g][i] = results[slot]
         if any(v is None for row in out for v in row):
             raise RuntimeError("verifier lost track of an item; this is a bug in expo-data")
         return out  # type: ignore[return-value]

@@ -178,3 +178,31 @@ def test_verify_cli(tmp_path):
     assert json.loads((tmp_path / "o.jsonl").read_text())["verdict"] == "correct"
     missing = CliRunner().invoke(app, ["verify", str(tmp_path / "nope.jsonl")])
     assert missing.exit_code == 2 and "no such file" in missing.output
+
+
+def test_the_literal_fast_path_agrees_with_math_verify():
+    """Integers, integer sets and integer-bounded intervals are settled without sympy, both ways;
+    every such verdict must be Math-Verify's own."""
+    import random
+
+    from math_verify import parse, verify
+
+    from pipeline.verify import fast_verdict
+
+    rng = random.Random(0)
+    pairs = []
+    for _ in range(40):
+        a, b = rng.randint(-20, 20), rng.randint(-20, 20)
+        pairs += [(str(a), str(b)), (str(a), f"0{abs(a)}" if a >= 0 else str(a))]
+        pairs += [(f"\\{{{a},{b}\\}}", f"\\{{{b}, {a}\\}}"), (f"\\{{{a},{b}\\}}", f"\\{{{a},{b + 1}\\}}")]
+        lo, hi = sorted((a, b + 41))
+        pairs += [(f"[{lo},{hi})", f"[{lo}, {hi})"), (f"[{lo},{hi})", f"({lo},{hi}]"), (f"[{lo},{hi}]", f"[{lo},{hi}]")]
+    settled = 0
+    for gold, pred in pairs:
+        fast = fast_verdict(gold, pred)
+        if fast is None:
+            continue
+        settled += 1
+        expected = bool(verify(parse(f"\\boxed{{{gold}}}"), parse(f"\\boxed{{{pred}}}")))
+        assert fast == expected, (gold, pred)
+    assert settled >= 250

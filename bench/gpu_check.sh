@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# One script for a machine with an NVIDIA GPU: build a random Qwen2 (~150M parameters, no
+# downloads), then run the overhead bench on the GPU with the vllm engine if `vllm` imports, else the
+# hf engine; prints the engine, tokens/s and pipeline_time / raw_time. About 5 minutes at most.
+#
+# Needs torch and transformers. pydantic and math-verify come from the environment or, on a machine
+# without a registry, from wheels carried in bench/wheels (scripts/fetch_gpu_wheels.sh makes them).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY="${PYTHON:-python3}"
+WORK="$(mktemp -d)"
+trap 'rm -rf "$WORK"' EXIT
+
+if ! "$PY" -c "import pydantic, math_verify" 2>/dev/null; then
+  if [ -d bench/wheels ]; then
+    "$PY" -m pip install --quiet --no-index --find-links bench/wheels --target "$WORK/site" pydantic math-verify
+    export PYTHONPATH="$WORK/site${PYTHONPATH:+:$PYTHONPATH}"
+  else
+    echo "pydantic / math-verify missing and no bench/wheels; run scripts/fetch_gpu_wheels.sh where pip works" >&2
+    exit 2
+  fi
+fi
+export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
+
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || echo "no nvidia-smi"
+"$PY" -c "import torch; print('torch', torch.__version__, 'cuda', torch.cuda.is_available())"
+ENGINE=hf
+if "$PY" -c "import vllm" 2>/dev/null; then ENGINE=vllm; fi
+echo "engine: $ENGINE"
+
+"$PY" bench/make_random_model.py --out "$WORK/model" ${MODEL_ARGS:-}
+timeout "${BENCH_TIMEOUT:-240}" "$PY" bench/overhead.py --model "$WORK/model" --engine "$ENGINE" \
+  --problems "${PROBLEMS:-64}" --rollouts 8 --explanations 2 --max-tokens "${MAX_TOKENS:-256}" \
+  --max-model-len 2048 --repeats 2

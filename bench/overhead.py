@@ -1,0 +1,134 @@
+"""Pipeline overhead over the raw engine, on the same shard of requests.
+
+raw:      the engine alone, with the same prompt token ids and sampling (vLLM: ``LLM.generate``
+          with the SamplingParams our engine builds; hf: ``model.generate`` batches as our engine
+          issues them);
+pipeline: what one shard task does: render and tokenise the prompts, generate, verify, score both
+          ExPO properties (a teacher-forced pass per text), write the Parquet shard.
+
+    python bench/overhead.py [--model data/tiny-model] [--engine vllm|hf] [--problems 64] [--rollouts 8]
+
+Prints pipeline_time / raw_time, tokens/s and the time of each pipeline stage. Engine load, problem
+loading and a warm-up call are outside the timings.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+
+def _cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--model", default=str(ROOT / "data" / "tiny-model"))
+    ap.add_argument("--engine", choices=["vllm", "hf"], default="vllm")
+    ap.add_argument("--problems-file", default=str(ROOT / "data" / "problems" / "math.jsonl"))
+    ap.add_argument("--problems", type=int, default=64, help="problems in the shard")
+    ap.add_argument("--rollouts", type=int, default=8)
+    ap.add_argument("--explanations", type=int, default=2)
+    ap.add_argument("--max-tokens", type=int, default=160)
+    ap.add_argument("--max-model-len", type=int, default=1024)
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--no-scoring", action="store_true", help="leave the two ExPO scores out of the pipeline")
+    args = ap.parse_args()
+
+    from pipeline import generate as gen
+    from pipeline.config import config_from_dict
+    from pipeline.engines import derive_seed, load_engine
+    from pipeline.prompts import get_template
+    from pipeline.store import read_table
+    from pipeline.verify import VerifierPool
+
+    tmp = tempfile.mkdtemp(prefix="expo-overhead-")
+    cfg = config_from_dict(
+        {
+            "name": "overhead",
+            "output_dir": tmp,
+            "model": {"path": args.model, "engine": args.engine, "max_model_len": args.max_model_len},
+            "problems": {"source": args.problems_file, "limit": args.problems},
+            "generation": {
+                "rollouts": args.rollouts,
+                "explanations": args.explanations,
+                "sampling": {"temperature": 0.7, "max_tokens": args.max_tokens, "seed": 0},
+            },
+            "scoring": {"enabled": not args.no_scoring},
+            "shard_size": args.problems,
+        }
+    )
+    print(f"machine: {platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}")
+    t0 = time.perf_counter()
+    engine = load_engine(cfg.model, seed=0)
+    device = getattr(engine, "device", None) or ("cuda" if _cuda() else "cpu")
+    print(f"engine: {engine.name} on {device}, model {args.model} (loaded in {time.perf_counter() - t0:.1f}s)")
+    with VerifierPool(workers=cfg.verifier.workers, timeout_s=cfg.verifier.timeout_s) as pool:
+        run = gen.prepare_run_dir(cfg, force=True)
+        gen.write_problems(cfg, run, pool)
+        (plan,) = gen.plan_shards(cfg, run)
+        template = get_template(cfg.prompts.template)
+        problems = read_table(run.problems, "problems").to_pylist()
+        requests, _ = gen.build_requests(problems, cfg, engine, template)
+        call_seed = derive_seed(cfg.generation.sampling.seed, plan.key)
+        n_texts = sum(r.sampling.n for r in requests)
+        print(
+            f"shard: {len(problems)} problems, {len(requests)} requests, {n_texts} texts "
+            f"(G={args.rollouts}, {args.explanations} explanations, max_tokens {args.max_tokens})"
+        )
+
+        def raw() -> int:
+            if engine.name == "vllm":
+                from vllm.inputs import TokensPrompt
+
+                engine._fresh_cache()
+                outs = engine.llm.generate(
+                    [TokensPrompt(prompt_token_ids=r.prompt_ids) for r in requests],
+                    [engine._params(r) for r in requests],
+                    use_tqdm=False,
+                )
+                return sum(len(c.token_ids) for o in outs for c in o.outputs)
+            results = engine.generate(requests, call_seed=call_seed)  # hf: our engine is model.generate
+            return sum(len(c.token_ids) for r in results for c in r.completions)
+
+        def pipeline() -> dict:
+            for f in (run.shard(plan.index), run.expert_shard(plan.index)):
+                f.unlink(missing_ok=True)
+            return gen.run_shard(cfg, run, plan, engine, pool)
+
+        pool.check_golds(["1"])
+        raw()  # warm-up: compile, allocate the KV cache
+        raw_times, pipe_times, stages, tokens = [], [], [], 0
+        for _ in range(args.repeats):
+            t = time.perf_counter()
+            tokens = raw()
+            raw_times.append(time.perf_counter() - t)
+            t = time.perf_counter()
+            stats = pipeline()
+            pipe_times.append(time.perf_counter() - t)
+            stages.append(stats)
+    r, p = statistics.median(raw_times), statistics.median(pipe_times)
+    print(f"raw engine:  {r:7.2f}s  ({tokens} generated tokens, {tokens / r:,.0f} tokens/s)")
+    print(f"pipeline:    {p:7.2f}s  ({tokens / p:,.0f} tokens/s end to end)")
+    for key in ("generate_s", "verify_s", "score_s"):
+        print(f"  {key[:-2]:<9} {statistics.median(s[key] for s in stages):7.2f}s")
+    rest = p - statistics.median(s["generate_s"] + s["verify_s"] + s["score_s"] for s in stages)
+    print(f"  render+write {rest:6.2f}s")
+    print(f"ratio pipeline/raw: {p / r:.3f}  (goal <= 1.05 on a GPU with a real model)")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
