@@ -24,8 +24,11 @@ export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || echo "no nvidia-smi"
 "$PY" -c "import torch; print('torch', torch.__version__, 'cuda', torch.cuda.is_available())"
-ENGINE=hf
-if "$PY" -c "import vllm" 2>/dev/null; then ENGINE=vllm; fi
+ENGINE="${ENGINE:-}"  # set ENGINE=hf to skip vLLM even where it imports
+if [ -z "$ENGINE" ]; then
+  ENGINE=hf
+  if "$PY" -c "import vllm" 2>/dev/null; then ENGINE=vllm; fi
+fi
 echo "engine: $ENGINE"
 
 "$PY" bench/make_random_model.py --out "$WORK/model" ${MODEL_ARGS:-}
