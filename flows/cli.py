@@ -517,10 +517,7 @@ def build_cmd(
 ) -> None:
     """Cut the training sets (dpo, dpo_expert, dpo_self, grpo, sft) again from samples, with other
     build settings, from your run or from published samples."""
-    from pydantic import ValidationError
-
-    from pipeline.build import materialize, rebuild
-    from pipeline.config import BuildConfig, parse_override
+    from pipeline.build import build_settings, materialize, rebuild
     from pipeline.store import RunDir
 
     errors = _user_errors()
@@ -529,19 +526,10 @@ def build_cmd(
         _fail(f"{source} is not a run dir; pass --out DIR to build from published data")
     try:
         run = RunDir(source) if out is None else None
-        base = ((run.load_run_json() or {}).get("config") or {}).get("build", {}) if run else {}
-        values = dict(base)
-        for item in set_ or []:
-            key, value = parse_override(item)
-            if not key.startswith("build."):
-                _fail(f"--set {item!r}: only build.* keys change what a rebuild makes")
-            values[key.removeprefix("build.")] = value
-        cfg = BuildConfig.model_validate(values)
+        cfg = build_settings(run.load_run_json() if run else None, set_ or [])
         if run is None:
             run = materialize(source, out, revision=revision)
         stats = rebuild(run, cfg)
-    except ValidationError as e:
-        _fail(f"invalid build settings: {e}")
     except errors as e:
         _fail(str(e))
     rows = ", ".join(f"{k} {v}" for k, v in stats["rows"].items())

@@ -13,13 +13,10 @@ from prefect.artifacts import create_table_artifact
 from prefect.cache_policies import NO_CACHE
 
 from flows.generate import _artifact_key, generate_flow
-from pipeline.config import ModelConfig
 from pipeline.engines import release_engines
-from pipeline.evaluate import evaluate
-from pipeline.online import OnlineConfig, OnlineLoop, base_run_config, load_online_config
+from pipeline.online import OnlineConfig, OnlineLoop, evaluate_policy, load_online_config
 from pipeline.train.config import TrainConfig, load_train_config
 from pipeline.train.run import train
-from pipeline.verify import VerifierPool
 
 
 @task(name="train", cache_policy=NO_CACHE)
@@ -30,11 +27,7 @@ def train_task(cfg: TrainConfig, force_new: bool = False) -> dict[str, Any]:
 
 @task(name="evaluate", cache_policy=NO_CACHE)
 def eval_task(cfg: OnlineConfig, policy: str) -> dict[str, Any]:
-    assert cfg.eval is not None
-    run = base_run_config(cfg)
-    model = ModelConfig.model_validate({**run.model.model_dump(), "path": policy, "revision": None})
-    with VerifierPool(workers=run.verifier.workers, timeout_s=run.verifier.timeout_s) as pool:
-        result = evaluate(model, cfg.eval.problems, cfg.eval.spec(run.prompts.template), pool)
+    result = evaluate_policy(cfg, policy)
     get_run_logger().info("eval %s: %s", policy, result["overall"])
     return result
 

@@ -393,6 +393,25 @@ def materialize(source: str | Path, out: str | Path, revision: str | None = None
     return run
 
 
+def build_settings(run_doc: dict[str, Any] | None, overrides: list[str]) -> BuildConfig:
+    """The build settings a rebuild uses: the run's own (from its run.json, when there is one),
+    with ``build.key=value`` overrides on top; other keys cannot change what a rebuild makes."""
+    from pydantic import ValidationError
+
+    from pipeline.config import ConfigError, parse_override
+
+    values = dict(((run_doc or {}).get("config") or {}).get("build") or {})
+    for item in overrides:
+        key, value = parse_override(item)
+        if not key.startswith("build."):
+            raise ConfigError(f"--set {item!r}: only build.* keys change what a rebuild makes")
+        values[key.removeprefix("build.")] = value
+    try:
+        return BuildConfig.model_validate(values)
+    except ValidationError as e:
+        raise ConfigError(f"invalid build settings: {e}") from None
+
+
 def rebuild(run: RunDir, cfg: BuildConfig) -> dict[str, Any]:
     """Cut the training sets again with ``cfg`` and record it in run.json."""
     from pipeline.generate import table_manifest

@@ -28,7 +28,16 @@ from pipeline.leaks import detect_leak
 from pipeline.problems import ProblemSet, load_problems
 from pipeline.prompts import PromptTemplate, chat_template_digest, get_template, render_chat
 from pipeline.scoring import NO_SCORES, ScoreInput, Scores, score_texts
-from pipeline.store import SHARD_KEY_META, RunDir, parquet_files, parquet_rows, read_table, write_json, write_parquet
+from pipeline.store import (
+    SHARD_KEY_META,
+    RunDir,
+    file_sha256,
+    parquet_files,
+    parquet_rows,
+    read_table,
+    write_json,
+    write_parquet,
+)
 from pipeline.verify import VERIFIER_VERSION, Verdict, VerifierPool
 
 # Config keys that change no generated row: a rerun may change them freely (build settings only
@@ -465,17 +474,9 @@ def table_manifest(run: RunDir) -> dict[str, Any]:
         files = parquet_files(folder)
         out[name] = {
             "rows": parquet_rows(folder),
-            "files": {f.relative_to(run.root).as_posix(): _sha256(f) for f in files},
+            "files": {f.relative_to(run.root).as_posix(): file_sha256(f) for f in files},
         }
     return out
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def write_run_json(

@@ -121,6 +121,21 @@ def run_overrides(cfg: OnlineConfig, r: int, policy: str | None) -> list[str]:
     return out
 
 
+def evaluate_policy(cfg: OnlineConfig, policy: str) -> dict[str, Any]:
+    """A policy on the held-out problems, with the generate config's engine settings, template and
+    verifier: the same conditions every round."""
+    from pipeline.config import ModelConfig
+    from pipeline.evaluate import evaluate
+    from pipeline.verify import VerifierPool
+
+    if cfg.eval is None:
+        raise ConfigError("the online config has no eval section")
+    run = base_run_config(cfg)
+    model = ModelConfig.model_validate({**run.model.model_dump(), "path": policy, "revision": None})
+    with VerifierPool(workers=run.verifier.workers, timeout_s=run.verifier.timeout_s) as pool:
+        return evaluate(model, cfg.eval.problems, cfg.eval.spec(run.prompts.template), pool)
+
+
 def round_train_config(cfg: OnlineConfig, r: int, run_dir: str, policy: str) -> TrainConfig:
     raw = json.loads(json.dumps(cfg.train))
     for key in ("kind", "data", "model", "output_dir"):

@@ -6,6 +6,7 @@ so a crash at any point leaves no half-written table for a rerun or a reader to 
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import tempfile
@@ -33,6 +34,15 @@ def atomic_write(path: Path, write: Any) -> None:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+
+
+def file_sha256(path: str | Path) -> str:
+    """Content hash of a file, read in blocks: manifests record these for every file they name."""
+    h = hashlib.sha256()
+    with Path(path).open("rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
 
 
 def write_parquet(table: pa.Table, path: str | Path, extra_meta: dict[bytes, bytes] | None = None) -> Path:

@@ -10,7 +10,6 @@ shipped chat template), so both prompts are in-distribution, as they are for a r
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import os
@@ -25,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.prompts import EXPO_V1, PromptTemplate
+from pipeline.store import file_sha256
 
 BUILD_RECIPE_VERSION = "tiny-expo-6"
 
@@ -493,7 +493,7 @@ def build_tiny_model(
             shutil.rmtree(out_dir)
         os.replace(tmp, out_dir)
         info["seconds"] = round(time.time() - t0, 1)
-        info["files"] = {p.name: _sha256(p) for p in sorted(out_dir.iterdir()) if p.is_file()}
+        info["files"] = {p.name: file_sha256(p) for p in sorted(out_dir.iterdir()) if p.is_file()}
         log(f"wrote {out_dir} in {info['seconds']}s")
         return info
     finally:
@@ -597,10 +597,6 @@ def _check_tokenizer_roundtrip(model_dir: Path) -> None:
     sample = "What is $\\frac{3}{4}+12$?\nThe correct final answer is (-\\infty, 2]. Ünïcode 1,200 \\boxed{x}"
     if raw.encode(sample, add_special_tokens=False).ids != auto.encode(sample, add_special_tokens=False):
         raise RuntimeError("tokenizer.json and AutoTokenizer disagree; the tiny model would be inconsistent")
-
-
-def _sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 def _version(dist: str) -> str:

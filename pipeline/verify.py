@@ -79,10 +79,6 @@ def normalise(text: str) -> str:
     return s
 
 
-def fast_equal(gold: str, extracted: str) -> bool:
-    return normalise(gold) == normalise(extracted)
-
-
 _INT = re.compile(r"-?\d+")
 _INTERVAL = re.compile(r"([\[(])(-?\d+),(-?\d+)([\])])")
 

@@ -6,7 +6,6 @@ an outdated table fails here with its name and columns, not as a KeyError deep i
 
 from __future__ import annotations
 
-import hashlib
 from pathlib import Path
 from typing import Any
 
@@ -14,7 +13,7 @@ import pyarrow.parquet as pq
 
 import schemas
 from pipeline.config import looks_like_hub_id
-from pipeline.store import parquet_files
+from pipeline.store import file_sha256, parquet_files
 
 
 class TrainDataError(ValueError):
@@ -34,17 +33,9 @@ def describe_source(source: str, table: str, revision: str | None = None) -> dic
             "kind": "run_dir" if is_run_dir(path) else "folder",
             "path": str(path.resolve()),
             "table": table,
-            "files": {f.name: _sha256(f) for f in files},
+            "files": {f.name: file_sha256(f) for f in files},
         }
     return {"kind": "hub", "repo": source, "table": table, "revision": revision}
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def _check_columns(names: list[str], table: str, where: str) -> None:

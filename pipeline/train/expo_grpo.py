@@ -92,6 +92,11 @@ class ExPGRPOTrainer(GRPOTrainer):
             if pool is None or not self._expo_questions:
                 raise ValueError("regenerating explanations needs a verifier pool and the problems' questions")
 
+    @property
+    def _expo_tok(self) -> Any:
+        """The text tokenizer, also when TRL holds a processor that wraps one."""
+        return getattr(self.processing_class, "tokenizer", self.processing_class)
+
     # ------------------------------------------------------------------------------------------
     # The coefficient
 
@@ -145,8 +150,7 @@ class ExPGRPOTrainer(GRPOTrainer):
     def _expo_tokens(self, texts: list[str | None]) -> tuple[torch.Tensor, torch.Tensor]:
         """Right-padded explanation tokens, each ending in the EOS that stops a rollout, so the term
         also teaches the policy to stop where the explanation does; at most ``max_length`` tokens."""
-        tok = self.processing_class
-        tok = getattr(tok, "tokenizer", tok)
+        tok = self._expo_tok
         eos = self.eos_token_ids[0] if self.eos_token_ids else tok.eos_token_id
         pad = tok.pad_token_id if tok.pad_token_id is not None else eos
         rows = []
@@ -220,8 +224,7 @@ class ExPGRPOTrainer(GRPOTrainer):
                 due[pid] = row
         if not due:
             return
-        tok = self.processing_class
-        tok = getattr(tok, "tokenizer", tok)
+        tok = self._expo_tok
         template = self._expo_template
         golds = {pid: str(row["reward_model"]["ground_truth"]) for pid, row in due.items()}
         prompts = [
@@ -247,8 +250,7 @@ class ExPGRPOTrainer(GRPOTrainer):
         self._metrics["train"]["expo/regenerated_kept"].append(float(kept))
 
     def _sample(self, prompts: list[list[int]]) -> list[str]:
-        tok = self.processing_class
-        tok = getattr(tok, "tokenizer", tok)
+        tok = self._expo_tok
         model = self.accelerator.unwrap_model(self.model)
         pad = tok.pad_token_id if tok.pad_token_id is not None else self.eos_token_ids[0]
         width = max(len(p) for p in prompts)
