@@ -34,4 +34,4 @@ echo "engine: $ENGINE"
 "$PY" bench/make_random_model.py --out "$WORK/model" ${MODEL_ARGS:-}
 timeout "${BENCH_TIMEOUT:-240}" "$PY" bench/overhead.py --model "$WORK/model" --engine "$ENGINE" \
   --problems "${PROBLEMS:-64}" --rollouts 8 --explanations 2 --max-tokens "${MAX_TOKENS:-256}" \
-  --max-model-len 2048 --repeats 2
+  --max-model-len 2048 --repeats 2 --shards "${SHARDS:-4}"

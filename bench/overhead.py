@@ -6,10 +6,16 @@ raw:      the engine alone, with the same prompt token ids and sampling (vLLM: `
 pipeline: what one shard task does: render and tokenise the prompts, generate, verify, score both
           ExPO properties (a teacher-forced pass per text), write the Parquet shard.
 
-    python bench/overhead.py [--model data/tiny-model] [--engine vllm|hf] [--problems 64] [--rollouts 8]
+    python bench/overhead.py [--model data/tiny-model] [--engine vllm|hf] [--problems 64] [--shards 4]
 
 Prints pipeline_time / raw_time, tokens/s and the time of each pipeline stage. Engine load, problem
 loading and a warm-up call are outside the timings.
+
+With ``--shards K`` (K > 1) the problems are cut into K shards and the pipeline runs twice: serial
+(each shard's stages one after the other) and overlapped, as the generate flow runs them (shard k is
+verified in a worker thread, by the verifier's processes, while the engine generates and scores
+shard k+1). It prints both ratios and the overlapped run's stage timeline (engine busy time,
+verifier time hidden behind the engine, engine utilisation).
 """
 
 from __future__ import annotations
@@ -21,6 +27,7 @@ import statistics
 import sys
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -38,7 +45,8 @@ def main() -> int:
     ap.add_argument("--model", default=str(ROOT / "data" / "tiny-model"))
     ap.add_argument("--engine", choices=["vllm", "hf"], default="vllm")
     ap.add_argument("--problems-file", default=str(ROOT / "data" / "problems" / "math.jsonl"))
-    ap.add_argument("--problems", type=int, default=64, help="problems in the shard")
+    ap.add_argument("--problems", type=int, default=64, help="problems in all")
+    ap.add_argument("--shards", type=int, default=1, help="cut the problems into this many shards")
     ap.add_argument("--rollouts", type=int, default=8)
     ap.add_argument("--explanations", type=int, default=2)
     ap.add_argument("--max-tokens", type=int, default=160)
@@ -67,7 +75,7 @@ def main() -> int:
                 "sampling": {"temperature": 0.7, "max_tokens": args.max_tokens, "seed": 0},
             },
             "scoring": {"enabled": not args.no_scoring},
-            "shard_size": args.problems,
+            "shard_size": -(-args.problems // args.shards),
         }
     )
     print(f"machine: {platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}")
@@ -78,55 +86,90 @@ def main() -> int:
     with VerifierPool(workers=cfg.verifier.workers, timeout_s=cfg.verifier.timeout_s) as pool:
         run = gen.prepare_run_dir(cfg, force=True)
         gen.write_problems(cfg, run, pool)
-        (plan,) = gen.plan_shards(cfg, run)
+        plans = gen.plan_shards(cfg, run)
         template = get_template(cfg.prompts.template)
         problems = read_table(run.problems, "problems").to_pylist()
-        requests, _ = gen.build_requests(problems, cfg, engine, template)
-        call_seed = derive_seed(cfg.generation.sampling.seed, plan.key)
-        n_texts = sum(r.sampling.n for r in requests)
+        shard_requests = []
+        for plan in plans:
+            requests, _ = gen.build_requests(problems[plan.start : plan.stop], cfg, engine, template)
+            shard_requests.append((requests, derive_seed(cfg.generation.sampling.seed, plan.key)))
+        n_requests = sum(len(r) for r, _ in shard_requests)
+        n_texts = sum(q.sampling.n for r, _ in shard_requests for q in r)
         print(
-            f"shard: {len(problems)} problems, {len(requests)} requests, {n_texts} texts "
+            f"run: {len(problems)} problems in {len(plans)} shard(s), {n_requests} requests, {n_texts} texts "
             f"(G={args.rollouts}, {args.explanations} explanations, max_tokens {args.max_tokens})"
         )
 
         def raw() -> int:
-            if engine.name == "vllm":
-                from vllm.inputs import TokensPrompt
+            tokens = 0
+            for requests, call_seed in shard_requests:
+                if engine.name == "vllm":
+                    from vllm.inputs import TokensPrompt
 
-                engine._fresh_cache()
-                outs = engine.llm.generate(
-                    [TokensPrompt(prompt_token_ids=r.prompt_ids) for r in requests],
-                    [engine._params(r) for r in requests],
-                    use_tqdm=False,
-                )
-                return sum(len(c.token_ids) for o in outs for c in o.outputs)
-            results = engine.generate(requests, call_seed=call_seed)  # hf: our engine is model.generate
-            return sum(len(c.token_ids) for r in results for c in r.completions)
+                    engine._fresh_cache()
+                    outs = engine.llm.generate(
+                        [TokensPrompt(prompt_token_ids=r.prompt_ids) for r in requests],
+                        [engine._params(r) for r in requests],
+                        use_tqdm=False,
+                    )
+                    tokens += sum(len(c.token_ids) for o in outs for c in o.outputs)
+                else:
+                    results = engine.generate(requests, call_seed=call_seed)  # hf: our engine is model.generate
+                    tokens += sum(len(c.token_ids) for r in results for c in r.completions)
+            return tokens
 
-        def pipeline() -> dict:
-            for f in (run.shard(plan.index), run.expert_shard(plan.index)):
-                f.unlink(missing_ok=True)
-            return gen.run_shard(cfg, run, plan, engine, pool)
+        def clear() -> None:
+            for plan in plans:
+                for f in (run.shard(plan.index), run.expert_shard(plan.index), run.pending_shard(plan.index)):
+                    f.unlink(missing_ok=True)
+
+        def serial() -> list[dict]:
+            clear()
+            return [gen.run_shard(cfg, run, plan, engine, pool) for plan in plans]
+
+        def overlapped() -> list[dict]:
+            # The generate flow's local executor, without Prefect: the engine stage in this thread,
+            # each shard's verifier stage in a worker thread as soon as it is generated.
+            clear()
+            with ThreadPoolExecutor(max_workers=1) as verifier:
+                futures = []
+                for plan in plans:
+                    gen.generate_shard(cfg, run, plan, engine)
+                    futures.append(verifier.submit(gen.finish_shard, cfg, run, plan, pool))
+                return [f.result() for f in futures]
 
         pool.check_golds(["1"])
         raw()  # warm-up: compile, allocate the KV cache
-        raw_times, pipe_times, stages, tokens = [], [], [], 0
+        times: dict[str, list[float]] = {"raw": [], "serial": [], "overlapped": []}
+        stages, timelines, tokens = [], [], 0
         for _ in range(args.repeats):
             t = time.perf_counter()
             tokens = raw()
-            raw_times.append(time.perf_counter() - t)
+            times["raw"].append(time.perf_counter() - t)
             t = time.perf_counter()
-            stats = pipeline()
-            pipe_times.append(time.perf_counter() - t)
-            stages.append(stats)
-    r, p = statistics.median(raw_times), statistics.median(pipe_times)
+            stages.append(serial())
+            times["serial"].append(time.perf_counter() - t)
+            if len(plans) > 1:
+                t = time.perf_counter()
+                timelines.append(gen.stage_timeline(overlapped()))
+                times["overlapped"].append(time.perf_counter() - t)
+    r, p = statistics.median(times["raw"]), statistics.median(times["serial"])
     print(f"raw engine:  {r:7.2f}s  ({tokens} generated tokens, {tokens / r:,.0f} tokens/s)")
-    print(f"pipeline:    {p:7.2f}s  ({tokens / p:,.0f} tokens/s end to end)")
-    for key in ("generate_s", "verify_s", "score_s"):
-        print(f"  {key[:-2]:<9} {statistics.median(s[key] for s in stages):7.2f}s")
-    rest = p - statistics.median(s["generate_s"] + s["verify_s"] + s["score_s"] for s in stages)
-    print(f"  render+write {rest:6.2f}s")
+    print(f"pipeline:    {p:7.2f}s  ({tokens / p:,.0f} tokens/s end to end, stages one after the other)")
+    for key in ("generate_s", "score_s", "verify_s", "write_s"):
+        print(f"  {key[:-2]:<9} {statistics.median(sum(s[key] for s in run_) for run_ in stages):7.2f}s")
+    busy = statistics.median(sum(s["total_s"] for s in run_) for run_ in stages)
+    print(f"  render etc {p - busy:6.2f}s")
     print(f"ratio pipeline/raw: {p / r:.3f}  (goal <= 1.05 on a GPU with a real model)")
+    if timelines:
+        o = statistics.median(times["overlapped"])
+        tl = timelines[len(timelines) // 2]
+        print(f"overlapped:  {o:7.2f}s  ({tokens / o:,.0f} tokens/s end to end)")
+        print(
+            f"  engine busy {tl['engine_busy_s']:.2f}s of {tl['span_s']:.2f}s (utilisation {tl['engine_utilisation']:.1%}); "
+            f"verifier {tl['verifier_busy_s']:.2f}s, of which {tl['overlap_s']:.2f}s beside the engine"
+        )
+        print(f"ratio overlapped/raw: {o / r:.3f}  (serial/overlapped: {p / o:.3f})")
     return 0
 
 

@@ -102,6 +102,11 @@ class PromptsConfig(Strict):
 class VerifierConfig(Strict):
     workers: int = Field(default=2, ge=1, description="verifier processes")
     timeout_s: float = Field(default=5.0, gt=0, description="hard deadline per answer")
+    overlap: bool = Field(
+        default=True,
+        description="verify shard k while the engine generates shard k+1 (off: one stage after the other, "
+        "for CPU-only machines where engine and verifier compete for the same cores)",
+    )
 
 
 class ScoringConfig(Strict):
@@ -146,6 +151,20 @@ class PublishConfig(Strict):
         return v
 
 
+class RayConfig(Strict):
+    """Where the shard tasks run when ``executor: ray``: one engine per Ray worker, reused for every
+    shard that worker takes."""
+
+    address: str | None = Field(
+        default=None, description="null: start a local Ray cluster for the run; 'auto' or 'ray://host:10001'"
+    )
+    num_cpus: int | None = Field(default=None, ge=1, description="CPUs of the local cluster (null: all)")
+    gpus_per_engine: float | None = Field(
+        default=None, ge=0, description="null: model.tensor_parallel_size on a GPU cluster, 0 on CPUs"
+    )
+    cpus_per_engine: float = Field(default=1, gt=0, description="CPUs reserved by each engine task")
+
+
 class RunConfig(Strict):
     name: str = Field(default="run", pattern=r"^[A-Za-z0-9][\w.-]*$")
     output_dir: str
@@ -159,6 +178,10 @@ class RunConfig(Strict):
     shard_size: int = Field(default=64, ge=1, description="problems per shard task")
     retries: RetriesConfig = Field(default_factory=RetriesConfig)
     publish: PublishConfig | None = None
+    executor: Literal["local", "ray"] = Field(
+        default="local", description="local: shards run in this process; ray: on a Ray cluster (see ray)"
+    )
+    ray: RayConfig = Field(default_factory=RayConfig)
 
     @model_validator(mode="after")
     def _template_known(self) -> RunConfig:

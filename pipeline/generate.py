@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import platform
 import time
 from collections.abc import Callable
@@ -19,6 +20,9 @@ from datetime import UTC, datetime
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
 
 import schemas
 from pipeline import __version__, progress
@@ -29,6 +33,8 @@ from pipeline.problems import ProblemSet, load_problems
 from pipeline.prompts import PromptTemplate, chat_template_digest, get_template, render_chat
 from pipeline.scoring import NO_SCORES, ScoreInput, Scores, score_texts
 from pipeline.store import (
+    PENDING_STATS_META,
+    PROBLEMS_ROW_GROUP,
     SHARD_KEY_META,
     RunDir,
     file_sha256,
@@ -38,11 +44,21 @@ from pipeline.store import (
     write_json,
     write_parquet,
 )
-from pipeline.verify import VERIFIER_VERSION, Verdict, VerifierPool
+from pipeline.verify import VERIFIER_VERSION, VerifierPool
 
 # Config keys that change no generated row: a rerun may change them freely (build settings only
 # change the derived tables, which every run rebuilds).
-NEUTRAL_KEYS = ("name", "output_dir", "verifier.workers", "build", "publish", "retries")
+NEUTRAL_KEYS = (
+    "name",
+    "output_dir",
+    "verifier.workers",
+    "verifier.overlap",
+    "build",
+    "publish",
+    "retries",
+    "executor",
+    "ray",
+)
 # Keys that change which problems a shard holds, not how a problem's rows are made: the shard key
 # covers them through the problems' content instead.
 NON_OUTPUT_KEYS = (*NEUTRAL_KEYS, "shard_size", "problems")
@@ -153,7 +169,15 @@ def _clear_run_dir(run: RunDir) -> None:
     """Remove everything a run writes (and nothing else a user may keep in the folder)."""
     import shutil
 
-    owned = ["problems", "problems_rejected", "samples", "expert_scores", "report", *schemas.DATASETS]
+    owned = [
+        "problems",
+        "problems_rejected",
+        "samples",
+        "samples_pending",
+        "expert_scores",
+        "report",
+        *schemas.DATASETS,
+    ]
     for sub in owned:
         shutil.rmtree(run.root / sub, ignore_errors=True)
         for staging in (f".{sub}.new", f".{sub}.old"):
@@ -170,7 +194,8 @@ def write_problems(cfg: RunConfig, run: RunDir, pool: VerifierPool) -> dict[str,
         progress=lambda valid, read: progress.emit("problems.progress", valid=valid, read=read),
     )
     unscored = {"expert_nll_mean": None, "expert_nll_tokens": None, "expert_answer_logprob": None}
-    write_parquet(schemas.from_rows("problems", [{**p, **unscored} for p in pset.problems]), run.problems)
+    problems = schemas.from_rows("problems", [{**p, **unscored} for p in pset.problems])
+    write_parquet(problems, run.problems, row_group_size=PROBLEMS_ROW_GROUP)
     write_parquet(schemas.from_rows("problems_rejected", pset.rejected), run.problems_rejected)
     summary = pset.summary()
     progress.emit("problems.done", **summary)
@@ -241,7 +266,6 @@ class Extra:
 def sample_rows(
     shard: int,
     results: list[Result],
-    verdicts: list[list[Verdict]],
     extras: list[list[Extra]],
     meta: dict[str, tuple[dict[str, Any], str, list[dict[str, str]]]],
     requests: list[Request],
@@ -251,14 +275,15 @@ def sample_rows(
 ) -> list[dict[str, Any]]:
     label = model_label(cfg.model.path)
     rows = []
-    for req, res, vs, xs in zip(requests, results, verdicts, extras, strict=True):
+    for req, res, xs in zip(requests, results, extras, strict=True):
         problem, kind, messages = meta[req.request_id]
         if res.error is not None:
             completions = [None] * req.sampling.n
         else:
             completions = res.completions
         for i, c in enumerate(completions):
-            v = vs[i] if c is not None else Verdict("error", None, None, f"engine: {res.error}")
+            # Verdicts are filled by the verifier stage; an engine failure is decided here.
+            failed = c is None
             x = xs[i] if c is not None else Extra()
             rows.append(
                 {
@@ -272,10 +297,10 @@ def sample_rows(
                     "prompt": messages,
                     "completion": c.text if c else "",
                     "gold": problem["answer"],
-                    "extracted": v.extracted,
-                    "parsed_answer": v.parsed,
-                    "verdict": v.verdict,
-                    "verdict_detail": v.detail,
+                    "extracted": None,
+                    "parsed_answer": None,
+                    "verdict": "error" if failed else None,
+                    "verdict_detail": f"engine: {res.error}" if failed else None,
                     "finish_reason": c.finish_reason if c else "error",
                     "prompt_tokens": res.prompt_tokens,
                     "completion_tokens": len(c.token_ids) if c else 0,
@@ -351,55 +376,49 @@ def extras_for(
     return extras, expert_rows
 
 
-def verify_by_problem(
-    requests: list[Request],
-    results: list[Result],
-    meta: dict[str, tuple[dict[str, Any], str, list[dict[str, str]]]],
-    pool: VerifierPool,
-) -> list[list[Verdict]]:
-    """Verdicts per request and completion, with one verifier job per problem (CoT and explanations
-    together), so each gold answer is parsed once."""
-    slots: dict[str, list[tuple[int, int]]] = {}
-    golds: dict[str, str] = {}
-    for ri, (req, res) in enumerate(zip(requests, results, strict=True)):
-        problem = meta[req.request_id][0]
-        golds[problem["problem_id"]] = problem["answer"]
-        slots.setdefault(problem["problem_id"], []).extend((ri, ci) for ci in range(len(res.completions)))
-    pids = list(slots)
-    grouped = pool.verify_groups(
-        [(golds[pid], [results[ri].completions[ci].text for ri, ci in slots[pid]]) for pid in pids]
-    )
-    out: list[list[Verdict]] = [[] for _ in results]
-    for pid, verdicts in zip(pids, grouped, strict=True):
-        for (ri, _), v in zip(slots[pid], verdicts, strict=True):
-            out[ri].append(v)
-    return out
+def _clock() -> float:
+    """Wall-clock stage stamps (epoch seconds): comparable across processes and Ray workers."""
+    return round(time.time(), 3)
 
 
-def run_shard(cfg: RunConfig, run: RunDir, plan: ShardPlan, engine: Engine, pool: VerifierPool) -> dict[str, Any]:
-    """Generate, verify and write one shard; a shard already written for this key is skipped."""
+def _worker() -> dict[str, Any]:
+    return {"host": platform.node(), "pid": os.getpid()}
+
+
+def needs_engine(run: RunDir, plan: ShardPlan) -> bool:
+    """Whether the engine stage has work: neither the shard nor its generated-but-unverified file
+    exists for this key. Checked before an engine is loaded, so a resumed run loads none."""
+    return not (run.shard_done(plan.index, plan.key) or run.pending_done(plan.index, plan.key))
+
+
+def generate_shard(cfg: RunConfig, run: RunDir, plan: ShardPlan, engine: Engine | None) -> dict[str, Any]:
+    """The engine stage of a shard: render, generate, flag leaks, score, and write the rows (without
+    verdicts) to ``samples_pending``. Everything that needs the engine happens here, so the engine can
+    go on to the next shard while this one is verified in other processes.
+
+    ``engine`` may be None only when :func:`needs_engine` says there is nothing to do."""
     if run.shard_done(plan.index, plan.key):
         progress.emit("shard.skipped", index=plan.index)
         return {"index": plan.index, "key": plan.key, "skipped": True}
-    t0 = time.monotonic()
+    if run.pending_done(plan.index, plan.key):
+        progress.emit("shard.generated", index=plan.index, resumed=True)
+        return {"index": plan.index, "key": plan.key, "skipped": False, "resumed": True}
+    if engine is None:
+        raise ValueError(f"shard {plan.index} needs an engine")
+    t0, c0 = time.monotonic(), _clock()
     template = get_template(cfg.prompts.template)
     problems = read_table(run.problems, "problems").slice(plan.start, plan.stop - plan.start).to_pylist()
     requests, meta = build_requests(problems, cfg, engine, template)
     progress.emit("shard.start", index=plan.index, problems=len(problems), requests=len(requests))
     results = engine.generate(requests, call_seed=derive_seed(cfg.generation.sampling.seed, plan.key))
-    t_gen = time.monotonic()
-    verdicts = verify_by_problem(requests, results, meta, pool)
-    t_ver = time.monotonic()
+    t_gen, c_gen = time.monotonic(), _clock()
     extras, expert_rows = extras_for(requests, results, meta, problems, cfg, engine, template)
-    t_score = time.monotonic()
-    rows = sample_rows(plan.index, results, verdicts, extras, meta, requests, cfg, template, engine.name)
-    table = schemas.from_rows("samples", rows)
+    t_score, c_score = time.monotonic(), _clock()
+    rows = sample_rows(plan.index, results, extras, meta, requests, cfg, template, engine.name)
     shard_meta = {SHARD_KEY_META: plan.key.encode()}
-    progress.emit("shard.writing", index=plan.index, rows=len(rows))
     if cfg.scoring.enabled:
         # Before the samples shard: that file is the done-marker, so it must come last.
         write_parquet(schemas.from_rows("expert_scores", expert_rows), run.expert_shard(plan.index), shard_meta)
-    write_parquet(table, run.shard(plan.index), extra_meta=shard_meta)
     stats = {
         "index": plan.index,
         "key": plan.key,
@@ -407,12 +426,141 @@ def run_shard(cfg: RunConfig, run: RunDir, plan: ShardPlan, engine: Engine, pool
         "problems": len(problems),
         "rows": len(rows),
         "generate_s": round(t_gen - t0, 3),
-        "verify_s": round(t_ver - t_gen, 3),
-        "score_s": round(t_score - t_ver, 3),
-        "total_s": round(time.monotonic() - t0, 3),
+        "score_s": round(t_score - t_gen, 3),
+        "engine": _worker(),
+        "stages": {"generate": [c0, c_gen], "score": [c_gen, c_score]},
+        # What run.json says about the engine, taken where the engine ran (a Ray worker), so the
+        # flow never loads a model of its own just to describe it.
+        "engine_info": describe_engine(engine),
     }
-    progress.emit("shard.done", **stats)
+    # The engine stage's stats travel in the pending file, so a verifier stage in another process,
+    # or after a crash, still reports them.
+    pending_meta = {**shard_meta, PENDING_STATS_META: json.dumps(stats).encode()}
+    write_parquet(schemas.from_rows("samples_pending", rows), run.pending_shard(plan.index), pending_meta)
+    progress.emit("shard.generated", index=plan.index, rows=len(rows))
     return stats
+
+
+def _verify_pending(table: pa.Table, pool: VerifierPool) -> pa.Table:
+    """Fill the verdict columns of a pending shard, one verifier job per problem (CoT and
+    explanations together) so each gold answer is parsed once. Rows the engine failed keep the
+    ``error`` verdict they were written with."""
+    pids = table.column("problem_id").to_pylist()
+    golds = table.column("gold").to_pylist()
+    texts = table.column("completion").to_pylist()
+    verdicts = table.column("verdict").to_pylist()
+    details = table.column("verdict_detail").to_pylist()
+    extracted: list[str | None] = [None] * len(pids)
+    parsed: list[str | None] = [None] * len(pids)
+    slots: dict[str, list[int]] = {}
+    gold_of: dict[str, str] = {}
+    for i, pid in enumerate(pids):
+        if verdicts[i] is None:
+            slots.setdefault(pid, []).append(i)
+            gold_of[pid] = golds[i]
+    order = list(slots)
+    grouped = pool.verify_groups([(gold_of[pid], [texts[i] for i in slots[pid]]) for pid in order])
+    for pid, group in zip(order, grouped, strict=True):
+        for i, v in zip(slots[pid], group, strict=True):
+            verdicts[i], details[i], extracted[i], parsed[i] = v.verdict, v.detail, v.extracted, v.parsed
+    columns = {
+        "verdict": pa.array(verdicts, pa.string()),
+        "verdict_detail": pa.array(details, pa.string()),
+        "extracted": pa.array(extracted, pa.string()),
+        "parsed_answer": pa.array(parsed, pa.string()),
+    }
+    arrays = [columns.get(name, table.column(name)) for name in schemas.SAMPLES.names]
+    return pa.Table.from_arrays(arrays, schema=schemas.SAMPLES)
+
+
+def finish_shard(cfg: RunConfig, run: RunDir, plan: ShardPlan, pool: VerifierPool) -> dict[str, Any]:
+    """The verifier stage of a shard: verify the pending rows and write the samples shard (the
+    done-marker), then drop the pending file. Needs no engine, so it runs beside the next shard's
+    generation (the flow's overlap) or on any Ray worker."""
+    if run.shard_done(plan.index, plan.key):
+        run.pending_shard(plan.index).unlink(missing_ok=True)
+        return {"index": plan.index, "key": plan.key, "skipped": True}
+    path = run.pending_shard(plan.index)
+    if not run.pending_done(plan.index, plan.key):
+        raise FileNotFoundError(f"shard {plan.index}: no generated rows for this key at {path}; rerun to generate them")
+    t0, c0 = time.monotonic(), _clock()
+    pending = pq.read_table(path)
+    stats = json.loads((pending.schema.metadata or {})[PENDING_STATS_META])
+    table = _verify_pending(pending, pool)
+    t_ver, c_ver = time.monotonic(), _clock()
+    progress.emit("shard.writing", index=plan.index, rows=table.num_rows)
+    write_parquet(table, run.shard(plan.index), extra_meta={SHARD_KEY_META: plan.key.encode()})
+    path.unlink(missing_ok=True)
+    c_end = _clock()
+    stats.update(
+        verify_s=round(t_ver - t0, 3),
+        write_s=round(time.monotonic() - t_ver, 3),
+        verifier=_worker(),
+    )
+    stats["stages"] = {**stats["stages"], "verify": [c0, c_ver], "write": [c_ver, c_end]}
+    # Busy time of this shard's stages; wall time between its first and last stamp can be longer
+    # (the flow overlaps stages of different shards).
+    stats["total_s"] = round(stats["generate_s"] + stats["score_s"] + stats["verify_s"] + stats["write_s"], 3)
+    progress.emit(
+        "shard.done", **{k: v for k, v in stats.items() if k not in ("stages", "engine", "verifier", "engine_info")}
+    )
+    return stats
+
+
+def run_shard(cfg: RunConfig, run: RunDir, plan: ShardPlan, engine: Engine, pool: VerifierPool) -> dict[str, Any]:
+    """Both stages of one shard, one after the other (no overlap); a finished shard is skipped."""
+    generated = generate_shard(cfg, run, plan, engine)
+    if generated.get("skipped"):
+        return generated
+    return finish_shard(cfg, run, plan, pool)
+
+
+def _union(intervals: list[tuple[float, float]]) -> list[tuple[float, float]]:
+    merged: list[tuple[float, float]] = []
+    for a, b in sorted(intervals):
+        if merged and a <= merged[-1][1]:
+            merged[-1] = (merged[-1][0], max(merged[-1][1], b))
+        else:
+            merged.append((a, b))
+    return merged
+
+
+def _length(intervals: list[tuple[float, float]]) -> float:
+    return sum(b - a for a, b in intervals)
+
+
+def _intersection(xs: list[tuple[float, float]], ys: list[tuple[float, float]]) -> float:
+    total = 0.0
+    for a, b in xs:
+        for c, d in ys:
+            total += max(0.0, min(b, d) - max(a, c))
+    return total
+
+
+def stage_timeline(shard_stats: list[dict[str, Any]]) -> dict[str, Any]:
+    """How the shard stages of one invocation lay in time: engine busy (generate + score), verifier
+    busy (verify + write), the time both ran at once, and the engine's share of the span. With
+    overlap, ``overlap_s`` approaches the verifier's busy time and the engine idles only for the
+    last shard's verification."""
+    engine: list[tuple[float, float]] = []
+    cpu: list[tuple[float, float]] = []
+    for s in shard_stats:
+        st = s.get("stages") or {}
+        engine += [tuple(st[k]) for k in ("generate", "score") if k in st]
+        cpu += [tuple(st[k]) for k in ("verify", "write") if k in st]
+    if not engine and not cpu:
+        return {"shards": 0}
+    eng, ver = _union(engine), _union(cpu)
+    everything = _union(eng + ver)
+    span = everything[-1][1] - everything[0][0]
+    return {
+        "shards": sum(1 for s in shard_stats if s.get("stages")),
+        "span_s": round(span, 3),
+        "engine_busy_s": round(_length(eng), 3),
+        "verifier_busy_s": round(_length(ver), 3),
+        "overlap_s": round(_intersection(eng, ver), 3),
+        "engine_utilisation": round(_length(eng) / span, 4) if span > 0 else None,
+    }
 
 
 # ----------------------------------------------------------------------------------------------
@@ -448,7 +596,11 @@ def describe_engine(engine: Engine) -> dict[str, Any]:
 
 
 def engine_description(run: RunDir, shard_stats: list[dict[str, Any]], load: Callable[[], Engine]) -> dict[str, Any]:
-    """What run.json says about the engine, without loading one when every shard was skipped."""
+    """What run.json says about the engine: as the engine stage recorded it, or from the previous
+    run.json when every shard was skipped; an engine is loaded here only when neither exists."""
+    for s in shard_stats:
+        if s.get("engine_info"):
+            return s["engine_info"]
     previous = (run.load_run_json() or {}).get("model") or {}
     if all(s.get("skipped") for s in shard_stats) and "engine" in previous:
         return {
@@ -496,7 +648,7 @@ def write_run_json(
     shards = dict(previous.get("shards", {}))
     for s in shard_stats:
         if not s.get("skipped"):
-            shards[str(s["index"])] = {k: v for k, v in s.items() if k != "skipped"}
+            shards[str(s["index"])] = {k: v for k, v in s.items() if k not in ("skipped", "engine_info")}
     doc = {
         "expo_data_version": __version__,
         "name": cfg.name,

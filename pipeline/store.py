@@ -19,6 +19,7 @@ import pyarrow.parquet as pq
 import schemas
 
 SHARD_KEY_META = b"expo_data.shard_key"
+PENDING_STATS_META = b"expo_data.engine_stats"
 
 
 def atomic_write(path: Path, write: Any) -> None:
@@ -45,11 +46,21 @@ def file_sha256(path: str | Path) -> str:
     return h.hexdigest()
 
 
-def write_parquet(table: pa.Table, path: str | Path, extra_meta: dict[bytes, bytes] | None = None) -> Path:
+# Rows per row group of the problems file: readers that need a shard's problems (the builders)
+# decode a few row groups, not the whole file, so their memory does not grow with the run.
+PROBLEMS_ROW_GROUP = 256
+
+
+def write_parquet(
+    table: pa.Table,
+    path: str | Path,
+    extra_meta: dict[bytes, bytes] | None = None,
+    row_group_size: int | None = None,
+) -> Path:
     path = Path(path)
     if extra_meta:
         table = table.replace_schema_metadata({**(table.schema.metadata or {}), **extra_meta})
-    atomic_write(path, lambda tmp: pq.write_table(table, tmp, compression="zstd"))
+    atomic_write(path, lambda tmp: pq.write_table(table, tmp, compression="zstd", row_group_size=row_group_size))
     return path
 
 
@@ -139,6 +150,18 @@ class RunDir:
     @property
     def report(self) -> Path:
         return self.root / "report"
+
+    @property
+    def samples_pending(self) -> Path:
+        return self.root / "samples_pending"
+
+    def pending_shard(self, index: int) -> Path:
+        """A shard's rows between the engine stage and the verifier stage (no verdicts yet)."""
+        return self.samples_pending / f"shard-{index:05d}.parquet"
+
+    def pending_done(self, index: int, key: str) -> bool:
+        path = self.pending_shard(index)
+        return path.exists() and file_meta(path, SHARD_KEY_META) == key
 
     def shard_done(self, index: int, key: str) -> bool:
         """Done means: the file exists (so it is complete) and was written for this very key."""

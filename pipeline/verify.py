@@ -21,6 +21,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections import deque
 from collections.abc import Sequence
@@ -230,7 +231,8 @@ class _Worker:
 class VerifierPool:
     """A pool of verifier processes with a hard deadline per parse/compare.
 
-    Use as a context manager, or call :meth:`close`. Not thread-safe: one caller at a time.
+    Use as a context manager, or call :meth:`close`. Thread-safe by turns: callers in several
+    threads (the flow's verifier stages) are served one batch at a time.
     """
 
     def __init__(
@@ -252,6 +254,7 @@ class VerifierPool:
         self.grace_s = max(1.0, 0.5 * self.timeout_s)
         self.memory_limit_mb = memory_limit_mb
         self._workers: list[_Worker] = []
+        self._lock = threading.RLock()
         self.stats = {"fast_path": 0, "repeats": 0, "parsed": 0, "timeouts": 0, "restarts": 0, "no_answer": 0}
 
     # lifecycle ------------------------------------------------------------------------------
@@ -287,6 +290,10 @@ class VerifierPool:
             self._workers.append(self._spawn())
 
     def close(self) -> None:
+        with self._lock:
+            self._close()
+
+    def _close(self) -> None:
         for w in self._workers:
             with contextlib.suppress(OSError, BrokenPipeError):
                 w.conn.send(None)
@@ -354,6 +361,10 @@ class VerifierPool:
 
     # the event loop --------------------------------------------------------------------------
     def _run(self, jobs: list[_Job], gold_results: dict[int, GoldCheck] | None = None) -> dict[int, Verdict]:
+        with self._lock:
+            return self._run_locked(jobs, gold_results)
+
+    def _run_locked(self, jobs: list[_Job], gold_results: dict[int, GoldCheck] | None) -> dict[int, Verdict]:
         results: dict[int, Verdict] = {}
         if not jobs:
             return results
@@ -538,6 +549,31 @@ def verify_file(
 
         atomic_write(target, write)
     return target, counts
+
+
+_SHARED: dict[tuple[int, float], VerifierPool] = {}
+_SHARED_LOCK = threading.Lock()
+
+
+def shared_pool(workers: int, timeout_s: float) -> VerifierPool:
+    """The process's verifier pool for these settings, started once and reused by every shard stage
+    in the process (a Ray worker takes many shards; starting interpreters per shard would cost
+    seconds each). Closed by :func:`close_shared_pools`, or by the workers themselves when this
+    process exits and their socket closes."""
+    key = (workers, float(timeout_s))
+    with _SHARED_LOCK:
+        pool = _SHARED.get(key)
+        if pool is None:
+            pool = _SHARED[key] = VerifierPool(workers=workers, timeout_s=timeout_s)
+        return pool
+
+
+def close_shared_pools() -> None:
+    with _SHARED_LOCK:
+        pools = list(_SHARED.values())
+        _SHARED.clear()
+    for pool in pools:
+        pool.close()
 
 
 if __name__ == "__main__" and len(sys.argv) == 5 and sys.argv[1] == "--worker":

@@ -194,10 +194,18 @@ VERIFIED = _schema(
 )
 """Columns `expo-data verify` appends to a user's file (the user's own columns stay as they are)."""
 
+SAMPLES_PENDING = pa.schema(
+    [f.with_nullable(True) if f.name == "verdict" else f for f in SAMPLES],
+    metadata={META_TABLE: b"samples_pending", META_VERSION: SAMPLES.metadata[META_VERSION]},
+)
+"""A samples shard between the engine stage and the verifier stage: verdict is null until verified
+(``error`` where the engine failed). Internal to a run dir, never published."""
+
 TABLES: dict[str, pa.Schema] = {
     "problems": PROBLEMS,
     "problems_rejected": PROBLEMS_REJECTED,
     "samples": SAMPLES,
+    "samples_pending": SAMPLES_PENDING,
     "expert_scores": EXPERT_SCORES,
     "dpo": DPO,
     "dpo_expert": DPO_EXPERT,

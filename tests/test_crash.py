@@ -128,7 +128,7 @@ def test_an_engine_crash_is_retried_with_a_fresh_engine_and_a_persistent_one_nam
     cfg = load_config(config, [f"output_dir={tmp_path / 'a'}", *settings])
     real = engines.load_engine(cfg.model, seed=cfg.generation.sampling.seed)
     engines.release_engines()
-    engines._CACHE[(cfg.model.model_dump_json(), cfg.generation.sampling.seed)] = _Crashing(real)
+    engines._CACHE[engines.cache_key(cfg.model, cfg.generation.sampling.seed)] = _Crashing(real)
     _Crashing.calls = 0
     run_dir = generate_flow(config, [f"output_dir={tmp_path / 'a'}", *settings])  # 1 retry by default
     assert _Crashing.calls == 1

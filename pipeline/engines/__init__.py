@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from typing import Any
@@ -66,18 +67,39 @@ def load_engine(model_cfg: Any, seed: int = 0) -> Engine:
     raise ValueError(f"unknown engine {model_cfg.engine!r}; use 'vllm' or 'hf'")
 
 
+def _devices() -> str | None:
+    """The accelerators this process was given (Ray sets CUDA_VISIBLE_DEVICES per task)."""
+    return os.environ.get("CUDA_VISIBLE_DEVICES")
+
+
+def cache_key(model_cfg: Any, seed: int = 0) -> tuple[str, int, str | None]:
+    """What :func:`get_engine` keys its engines by: the model config, the seed, the devices."""
+    return (model_cfg.model_dump_json(), seed, _devices())
+
+
 def get_engine(model_cfg: Any, seed: int = 0) -> Engine:
     """The process's engine for this model config, loaded on first use and then reused.
 
     vLLM owns the whole device, so a process keeps one engine per model config and every shard task
-    in the process shares it, instead of paying the load time per shard.
+    in the process shares it, instead of paying the load time per shard. A Ray worker that is handed
+    other GPUs than its engine sits on (Ray may move a reused worker) drops that engine and loads
+    one on the GPUs it was given, rather than share a device with another worker's engine.
     """
-    key = (model_cfg.model_dump_json(), seed)
+    key = cache_key(model_cfg, seed)
+    devices = key[2]
+    stale: list[Engine] = []
+    with _LOCK:
+        engine = _CACHE.get(key)
+        if engine is None:
+            for other in [k for k in _CACHE if k[2] != devices]:
+                stale.append(_CACHE.pop(other))
+    if stale:
+        _close(stale)
     with _LOCK:
         engine = _CACHE.get(key)
         if engine is None:
             t0 = time.monotonic()
-            progress.emit("engine.loading", engine=model_cfg.engine, model=model_cfg.path)
+            progress.emit("engine.loading", engine=model_cfg.engine, model=model_cfg.path, devices=devices)
             engine = load_engine(model_cfg, seed)
             progress.emit("engine.ready", engine=model_cfg.engine, seconds=round(time.monotonic() - t0, 1))
             _CACHE[key] = engine
@@ -87,14 +109,18 @@ def get_engine(model_cfg: Any, seed: int = 0) -> Engine:
 def release_engines() -> None:
     """Close every cached engine and free its memory, before something else needs the device (a
     trainer in the online loop) or before loading a new checkpoint."""
-    import gc
-
     with _LOCK:
         engines = list(_CACHE.values())
         _CACHE.clear()
+    _close(engines)
+
+
+def _close(engines: list[Engine]) -> None:
+    import gc
+
     for engine in engines:
         engine.close()
-    del engines
+    engines.clear()
     gc.collect()
     try:
         import torch
