@@ -79,12 +79,13 @@ def _sample(p: dict, kind: str, j: int, rng: random.Random) -> dict:
 
 def make_run(root: Path, n: int, shard_size: int, rollouts: int = 8, explanations: int = 2) -> None:
     import schemas
-    from pipeline.store import RunDir, write_json, write_parquet
+    from pipeline.store import PROBLEMS_ROW_GROUP, RunDir, write_json, write_parquet
 
     rng = random.Random(0)
     run = RunDir(root)
     problems = [_problem(i) for i in range(n)]
-    write_parquet(schemas.from_rows("problems", problems), run.problems)
+    # As the generate flow writes it: in row groups, so a shard's problems are read on their own.
+    write_parquet(schemas.from_rows("problems", problems), run.problems, row_group_size=PROBLEMS_ROW_GROUP)
     for k in range(0, n, shard_size):
         rows = []
         for p in problems[k : k + shard_size]:

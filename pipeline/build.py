@@ -32,7 +32,15 @@ import pyarrow.parquet as pq
 import schemas
 from pipeline import progress
 from pipeline.config import BuildConfig
-from pipeline.store import RunDir, parquet_files, read_table, write_json, write_parquet
+from pipeline.store import (
+    PROBLEMS_ROW_GROUP,
+    RunDir,
+    atomic_write,
+    parquet_files,
+    read_table,
+    write_json,
+    write_parquet,
+)
 
 CHOSEN_COLS = ["chosen_sample_id", "chosen_text", "chosen_nll_mean", "chosen_answer_logprob"]
 
@@ -243,27 +251,68 @@ def _to_arrow(frame: pl.LazyFrame, name: str) -> pa.Table:
     return table.select(target.names).cast(target)
 
 
-def finalize_problems(run: RunDir) -> pa.Table:
-    """Join the per-shard expert-solution scores into the problems table (rewritten atomically)."""
-    problems = read_table(run.problems, "problems")
+EXPERT_COLS = ("expert_nll_mean", "expert_nll_tokens", "expert_answer_logprob")
+
+
+def finalize_problems(run: RunDir) -> None:
+    """Join the per-shard expert-solution scores into the problems table, rewritten atomically one
+    row group at a time (the scores are three numbers per problem; the texts are never all in
+    memory). A problem without a new score keeps the one it has."""
     if not run.expert_scores.exists() or not parquet_files(run.expert_scores):
-        return problems
-    scores = read_table(run.expert_scores, "expert_scores")
-    by_id = {r["problem_id"]: r for r in scores.to_pylist()}
-    rows = problems.to_pylist()
-    for r in rows:
-        s = by_id.get(r["problem_id"])
-        if s:
-            r.update({k: s[k] for k in ("expert_nll_mean", "expert_nll_tokens", "expert_answer_logprob")})
-    table = schemas.from_rows("problems", rows)
-    write_parquet(table, run.problems)
-    return table
+        return
+    scores = pl.from_arrow(read_table(run.expert_scores, "expert_scores")).unique("problem_id", keep="last")
+    scores = scores.rename({c: f"_new_{c}" for c in EXPERT_COLS})
+    source = pq.ParquetFile(run.problems)
+    schemas.check(source.schema_arrow, "problems", where=str(run.problems))
+    target = schemas.schema("problems")
+
+    def write(tmp: str) -> None:
+        with pq.ParquetWriter(tmp, target, compression="zstd") as writer:
+            for rg in range(source.num_row_groups):
+                part = pl.from_arrow(source.read_row_group(rg)).join(scores, on="problem_id", how="left")
+                part = part.with_columns(pl.coalesce(f"_new_{c}", c).alias(c) for c in EXPERT_COLS)
+                writer.write_table(part.select(target.names).to_arrow().cast(target), row_group_size=PROBLEMS_ROW_GROUP)
+
+    atomic_write(run.problems, write)
+
+
+class ProblemIndex:
+    """Where each problem sits in the problems file (row position and row group), kept as ids and
+    integers only, so a builder can read the few row groups holding one shard's problems."""
+
+    def __init__(self, path: Path):
+        self.file = pq.ParquetFile(path)
+        schemas.check(self.file.schema_arrow, "problems", where=str(path))
+        ids, groups = [], []
+        for rg in range(self.file.num_row_groups):
+            part = self.file.read_row_group(rg, columns=["problem_id"]).column(0)
+            ids.append(part)
+            groups.append(pa.array([rg] * len(part), pa.int32()))
+        self.frame = pl.DataFrame(
+            {
+                "problem_id": pa.chunked_array(ids, pa.string()) if ids else pa.array([], pa.string()),
+                "_rg": pa.chunked_array(groups, pa.int32()) if groups else pa.array([], pa.int32()),
+            }
+        ).with_row_index("_index")
+        self.rows = self.frame.height
+
+    def for_ids(self, ids: pl.Series) -> pl.LazyFrame:
+        """The problems with these ids, with ``_index`` (their row in the file)."""
+        wanted = self.frame.join(pl.DataFrame({"problem_id": ids.unique()}), on="problem_id", how="semi")
+        parts = [pl.from_arrow(self.file.read_row_group(int(rg))) for rg in wanted["_rg"].unique().sort().to_list()]
+        if not parts:
+            empty = pl.from_arrow(schemas.empty("problems"))
+            return empty.with_columns(pl.lit(None, pl.UInt32).alias("_index")).lazy()
+        rows = pl.concat(parts).join(wanted.select("problem_id", "_index"), on="problem_id", how="inner")
+        return rows.lazy()
 
 
 def build_datasets(run: RunDir, cfg: BuildConfig) -> dict[str, Any]:
-    """Rebuild every training set from the samples shards; returns counts for run.json and report."""
-    problems_table = read_table(run.problems, "problems")
-    problems = pl.from_arrow(problems_table).lazy().with_columns(pl.int_range(pl.len()).alias("_index"))
+    """Rebuild every training set from the samples shards; returns counts for run.json and report.
+
+    One shard at a time: its samples are scanned lazily, and only the problems it names are read,
+    so peak memory follows the shard size, not the run's."""
+    index = ProblemIndex(run.problems)
     staging = {name: run.root / f".{name}.new" for name in schemas.DATASETS}
     for path in staging.values():
         shutil.rmtree(path, ignore_errors=True)
@@ -277,6 +326,7 @@ def build_datasets(run: RunDir, cfg: BuildConfig) -> dict[str, Any]:
         progress.emit("build.shard", shard=shard_file.name)
         schemas.check(pq.read_schema(shard_file), "samples", where=str(shard_file))
         samples = pl.scan_parquet(shard_file)
+        problems = index.for_ids(samples.select("problem_id").collect()["problem_id"])
         c = _candidates(samples, cfg)
         pairs = _pairs(c, cfg)
         frames = {
@@ -300,7 +350,7 @@ def build_datasets(run: RunDir, cfg: BuildConfig) -> dict[str, Any]:
     for name, path in staging.items():
         progress.emit("build.swap", table=name)
         _swap_in(path, run.table(name))
-    stats = _coverage(run, cfg, problems_table.num_rows, len(paired))
+    stats = _coverage(run, cfg, index.rows, len(paired))
     stats["dpo_pairs_without_candidate"] = {
         "dpo_expert": counts["dpo"] - counts["dpo_expert"],
         "dpo_self": counts["dpo"] - counts["dpo_self"],
@@ -386,7 +436,7 @@ def materialize(source: str | Path, out: str | Path, revision: str | None = None
     for i, f in enumerate(sample_files):
         schemas.check(pq.read_schema(f), "samples", where=str(f))
         shutil.copyfile(f, run.shard(i))
-    write_parquet(problems, run.problems)
+    write_parquet(problems, run.problems, row_group_size=PROBLEMS_ROW_GROUP)
     doc = json.loads((src / "run.json").read_text()) if (src / "run.json").exists() else {}
     doc["rebuilt_from"] = {"source": str(source), "revision": revision}
     write_json(doc, run.run_json)

@@ -11,11 +11,13 @@ import math
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import polars as pl
+import pyarrow as pa
 import pyarrow.parquet as pq
 
 import schemas
-from pipeline.store import RunDir, atomic_write, parquet_files, parquet_rows, read_table
+from pipeline.store import RunDir, atomic_write, parquet_files, parquet_rows
 
 PLOTS = ("accuracy_by_level.png", "nll_mean.png", "answer_logprob.png", "pairs_by_level.png", "hint_leaks.png")
 
@@ -24,25 +26,42 @@ def _acc(correct: int, total: int) -> float | None:
     return round(correct / total, 4) if total else None
 
 
-def summarize(df: pl.DataFrame) -> dict[str, Any]:
-    """Counts and accuracy by kind and level, from the samples' problem_id, kind, level, verdict."""
+def summarize(samples: pl.DataFrame | pl.LazyFrame) -> dict[str, Any]:
+    """Counts and accuracy by kind and level, from the samples' problem_id, kind, level, verdict.
+
+    Every figure is an aggregate query, run by polars' streaming engine on a lazy scan, so the
+    samples are never all in memory."""
+    lf = samples.lazy()
+
+    def q(frame: pl.LazyFrame) -> pl.DataFrame:
+        return frame.collect(engine="streaming")
+
+    by_verdict = q(lf.group_by("kind", "verdict").len())
+    solved = q(
+        lf.group_by("kind", "problem_id")
+        .agg((pl.col("verdict") == "correct").any().alias("ok"))
+        .group_by("kind")
+        .agg(pl.len().alias("problems"), pl.col("ok").sum().alias("solved"))
+    )
     kinds: dict[str, Any] = {}
     for kind in schemas.KINDS:
-        part = df.filter(pl.col("kind") == kind)
-        if part.height == 0:
+        part = by_verdict.filter(pl.col("kind") == kind)
+        total = int(part["len"].sum()) if part.height else 0
+        if total == 0:
             continue
-        counts = {v: part.filter(pl.col("verdict") == v).height for v in schemas.VERDICTS}
-        solved = part.group_by("problem_id").agg((pl.col("verdict") == "correct").any().alias("ok"))
+        got = dict(zip(part["verdict"].to_list(), part["len"].to_list(), strict=True))
+        counts = {v: int(got.get(v, 0)) for v in schemas.VERDICTS}
+        row = solved.filter(pl.col("kind") == kind).row(0, named=True)
         kinds[kind] = {
-            "samples": part.height,
+            "samples": total,
             "verdicts": counts,
-            "accuracy": _acc(counts["correct"], part.height),
-            "problems": solved.height,
-            "problems_with_a_correct_sample": int(solved["ok"].sum()),
+            "accuracy": _acc(counts["correct"], total),
+            "problems": int(row["problems"]),
+            "problems_with_a_correct_sample": int(row["solved"]),
         }
     levels: dict[str, Any] = {}
-    grouped = (
-        df.with_columns(pl.col("level").cast(pl.String).fill_null("none").alias("lvl"))
+    grouped = q(
+        lf.with_columns(pl.col("level").cast(pl.String).fill_null("none").alias("lvl"))
         .group_by(["lvl", "kind"])
         .agg((pl.col("verdict") == "correct").sum().alias("c"), pl.len().alias("t"))
         .sort(["lvl", "kind"])
@@ -53,21 +72,22 @@ def summarize(df: pl.DataFrame) -> dict[str, Any]:
             "samples": int(row["t"]),
             "accuracy": _acc(int(row["c"]), int(row["t"])),
         }
-    return {"samples": df.height, "by_kind": kinds, "by_level": levels}
+    return {"samples": int(by_verdict["len"].sum()) if by_verdict.height else 0, "by_kind": kinds, "by_level": levels}
 
 
-def load_samples(run: RunDir, columns: list[str]) -> pl.DataFrame:
-    """Only the named columns of every samples shard (never the texts unless asked), schema-checked."""
+def scan_samples(run: RunDir, columns: list[str]) -> pl.LazyFrame:
+    """A lazy scan of the named columns of every samples shard (never the texts unless asked),
+    each shard schema-checked first."""
     files = [str(p) for p in parquet_files(run.samples)]
     for f in files:
         schemas.check(pq.read_schema(f), "samples", where=f)
     if not files:
-        return pl.from_arrow(schemas.empty("samples").select(columns))
-    return pl.scan_parquet(files).select(columns).collect()
+        return pl.from_arrow(schemas.empty("samples").select(columns)).lazy()
+    return pl.scan_parquet(files).select(columns)
 
 
 def summarize_run(run: RunDir) -> dict[str, Any]:
-    return summarize(load_samples(run, ["problem_id", "kind", "level", "verdict"]))
+    return summarize(scan_samples(run, ["problem_id", "kind", "level", "verdict"]))
 
 
 def summary_table_rows(summary: dict[str, Any]) -> list[dict[str, Any]]:
@@ -98,28 +118,50 @@ def _fmt(x: float | None, pct: bool = False) -> str:
     return f"{x:.1%}" if pct else f"{x:.3f}"
 
 
-def _median(values: list[float]) -> float | None:
-    vals = sorted(v for v in values if v is not None and not math.isnan(v))
-    if not vals:
-        return None
-    mid = len(vals) // 2
-    return vals[mid] if len(vals) % 2 else (vals[mid - 1] + vals[mid]) / 2
+def _floats(values: Any) -> np.ndarray:
+    """Finite float64 values of an Arrow/polars column or a sequence; nulls and NaN dropped."""
+    if isinstance(values, (pa.Array, pa.ChunkedArray)):
+        arr = values.to_numpy(zero_copy_only=False)
+    else:
+        arr = np.asarray([v for v in values if v is not None], dtype=np.float64)
+    arr = np.asarray(arr, dtype=np.float64)
+    return arr[np.isfinite(arr)]
+
+
+def _median(values: Any) -> float | None:
+    vals = _floats(values)
+    return float(np.median(vals)) if vals.size else None
+
+
+def _score_series(samples: pl.LazyFrame) -> dict[tuple[str, str], np.ndarray]:
+    """The score columns the report plots, per group of texts, as float arrays."""
+    groups = {
+        "explanation": pl.col("kind") == "explanation",
+        "cot": pl.col("kind") == "cot",
+        "incorrect cot": (pl.col("kind") == "cot") & (pl.col("verdict") != "correct"),
+    }
+    out: dict[tuple[str, str], np.ndarray] = {}
+    for name, cond in groups.items():
+        part = samples.filter(cond).select("nll_mean", "answer_logprob").collect(engine="streaming")
+        for col in ("nll_mean", "answer_logprob"):
+            out[name, col] = _floats(part[col].to_arrow())
+    return out
 
 
 def _table_rows(run: RunDir) -> dict[str, int]:
     return {name: parquet_rows(run.table(name)) if run.table(name).exists() else 0 for name in schemas.DATASETS}
 
 
-def _hist(ax: Any, series: dict[str, list[float]], xlabel: str) -> None:
-    data = {k: [v for v in vs if v is not None and not math.isnan(v)] for k, vs in series.items()}
-    finite = [v for vs in data.values() for v in vs]
-    if not finite:
+def _hist(ax: Any, series: dict[str, np.ndarray], xlabel: str) -> None:
+    data = {k: _floats(vs) for k, vs in series.items()}
+    nonempty = [vs for vs in data.values() if vs.size]
+    if not nonempty:
         ax.text(0.5, 0.5, "no scores (scoring off?)", ha="center", va="center", transform=ax.transAxes)
         return
-    lo, hi = min(finite), max(finite)
+    lo, hi = min(float(vs.min()) for vs in nonempty), max(float(vs.max()) for vs in nonempty)
     bins = 30 if hi > lo else 1
     for label, vs in data.items():
-        if vs:
+        if vs.size:
             ax.hist(
                 vs,
                 bins=bins,
@@ -141,10 +183,14 @@ def write_report(run: RunDir) -> str:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    cols = ["problem_id", "kind", "level", "verdict", "nll_mean", "answer_logprob", "hint_leak", "hint_leak_reason"]
-    df = load_samples(run, cols)
-    problems = read_table(run.problems, "problems")
-    summary = summarize(df)
+    samples = scan_samples(
+        run, ["problem_id", "kind", "level", "verdict", "nll_mean", "answer_logprob", "hint_leak", "hint_leak_reason"]
+    )
+    schemas.check(pq.read_schema(run.problems), "problems", where=str(run.problems))
+    # Only the numbers the plots need, as compact arrays: never the texts, never Python lists.
+    problems = pq.read_table(run.problems, columns=["expert_nll_mean", "expert_answer_logprob"])
+    summary = summarize(samples)
+    series = _score_series(samples)
     rows = _table_rows(run)
     out = run.report
     out.mkdir(parents=True, exist_ok=True)
@@ -165,13 +211,13 @@ def write_report(run: RunDir) -> str:
     _save(fig, out / PLOTS[0])
 
     # nll_mean
-    expert_nll = problems.column("expert_nll_mean").to_pylist()
+    expert_nll = _floats(problems.column("expert_nll_mean"))
     fig, ax = plt.subplots(figsize=(7, 4))
     _hist(
         ax,
         {
-            "explanation": df.filter(pl.col("kind") == "explanation")["nll_mean"].to_list(),
-            "own CoT": df.filter(pl.col("kind") == "cot")["nll_mean"].to_list(),
+            "explanation": series["explanation", "nll_mean"],
+            "own CoT": series["cot", "nll_mean"],
             "expert solution": expert_nll,
         },
         "mean per-token NLL after the plain prompt (lower = more in-distribution)",
@@ -185,10 +231,8 @@ def write_report(run: RunDir) -> str:
     _hist(
         ax,
         {
-            "explanation": df.filter(pl.col("kind") == "explanation")["answer_logprob"].to_list(),
-            "own incorrect CoT": df.filter((pl.col("kind") == "cot") & (pl.col("verdict") != "correct"))[
-                "answer_logprob"
-            ].to_list(),
+            "explanation": series["explanation", "answer_logprob"],
+            "own incorrect CoT": series["incorrect cot", "answer_logprob"],
         },
         "log p(\\boxed{gold | prompt, text before its answer); the closing brace is not scored",
     )
@@ -218,12 +262,13 @@ def write_report(run: RunDir) -> str:
     _save(fig, out / PLOTS[3])
 
     # hint leaks
-    expl = df.filter(pl.col("kind") == "explanation")
+    expl = samples.filter(pl.col("kind") == "explanation")
     leak_by_level = (
         expl.with_columns(pl.col("level").cast(pl.String).fill_null("none").alias("lvl"))
         .group_by("lvl")
         .agg(pl.col("hint_leak").fill_null(False).mean().alias("rate"), pl.len().alias("n"))
         .sort("lvl")
+        .collect(engine="streaming")
     )
     fig, ax = plt.subplots(figsize=(7, 4))
     ax.bar([f"level {r['lvl']}" for r in leak_by_level.iter_rows(named=True)], leak_by_level["rate"].to_list())
@@ -233,16 +278,18 @@ def write_report(run: RunDir) -> str:
     fig.tight_layout()
     _save(fig, out / PLOTS[4])
 
-    leak_total = int(expl["hint_leak"].fill_null(False).sum()) if expl.height else 0
+    n_expl = int(leak_by_level["n"].sum()) if leak_by_level.height else 0
+    leak_total = int(expl.select(pl.col("hint_leak").fill_null(False).sum()).collect(engine="streaming").item() or 0)
     reasons = (
         expl.filter(pl.col("hint_leak").fill_null(False))
         .group_by("hint_leak_reason")
         .len()
         .sort("len", descending=True)
+        .collect(engine="streaming")
     )
-    expert_answer = problems.column("expert_answer_logprob").to_pylist()
+    expert_answer = _floats(problems.column("expert_answer_logprob"))
     md = _markdown(
-        run, summary, rows, per_level, all_levels, df, expert_nll, expert_answer, expl.height, leak_total, reasons
+        run, summary, rows, per_level, all_levels, series, expert_nll, expert_answer, n_expl, leak_total, reasons
     )
     atomic_write(out / "report.md", lambda tmp: Path(tmp).write_text(md, encoding="utf-8"))
     return md
@@ -261,9 +308,9 @@ def _markdown(
     rows: dict[str, int],
     per_level: dict[str, dict[str, int]],
     levels: list[str],
-    df: pl.DataFrame,
-    expert_nll: list[float | None],
-    expert_answer: list[float | None],
+    series: dict[tuple[str, str], np.ndarray],
+    expert_nll: np.ndarray,
+    expert_answer: np.ndarray,
     n_expl: int,
     leak_total: int,
     reasons: pl.DataFrame,
@@ -286,11 +333,8 @@ def _markdown(
         )
     lines += ["", "![accuracy by level](accuracy_by_level.png)", ""]
 
-    def med(kind: str, col: str, extra: pl.Expr | None = None) -> str:
-        part = df.filter(pl.col("kind") == kind)
-        if extra is not None:
-            part = part.filter(extra)
-        return _fmt(_median(part[col].to_list()))
+    def med(kind: str, col: str) -> str:
+        return _fmt(_median(series[kind, col]))
 
     lines += [
         "## The two ExPO properties (medians)",
@@ -299,8 +343,7 @@ def _markdown(
         "|---|---|---|",
         f"| self-explanation | {med('explanation', 'nll_mean')} | {med('explanation', 'answer_logprob')} |",
         f"| own CoT | {med('cot', 'nll_mean')} | {med('cot', 'answer_logprob')} |",
-        f"| own incorrect CoT | {med('cot', 'nll_mean', pl.col('verdict') != 'correct')} | "
-        f"{med('cot', 'answer_logprob', pl.col('verdict') != 'correct')} |",
+        f"| own incorrect CoT | {med('incorrect cot', 'nll_mean')} | {med('incorrect cot', 'answer_logprob')} |",
         f"| expert solution | {_fmt(_median(expert_nll))} | {_fmt(_median(expert_answer))} |",
         "",
         "![nll_mean](nll_mean.png)",

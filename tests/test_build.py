@@ -223,10 +223,40 @@ def test_finalize_problems_joins_expert_scores(tmp_path):
     run = _run(tmp_path, [_problem("a"), _problem("b")], [[_sample("a", "cot", 0, "incorrect")]])
     scores = [{"problem_id": "b", "expert_nll_mean": 2.5, "expert_nll_tokens": 7, "expert_answer_logprob": -1.5}]
     write_parquet(schemas.from_rows("expert_scores", scores), run.expert_shard(0))
-    table = finalize_problems(run)
+    finalize_problems(run)
+    table = read_table(run.problems, "problems")
     rows = {r["problem_id"]: r for r in table.to_pylist()}
     assert rows["b"]["expert_nll_mean"] == 2.5 and rows["a"]["expert_nll_mean"] is None
-    assert read_table(run.problems, "problems").num_rows == 2
+    assert [r["problem_id"] for r in table.to_pylist()] == ["a", "b"]  # order kept
+    # A later pass without b's score keeps it; a new score for a is joined in.
+    run.expert_shard(0).unlink()
+    scores = [{"problem_id": "a", "expert_nll_mean": 1.0, "expert_nll_tokens": 3, "expert_answer_logprob": -0.5}]
+    write_parquet(schemas.from_rows("expert_scores", scores), run.expert_shard(1))
+    finalize_problems(run)
+    rows = {r["problem_id"]: r for r in read_table(run.problems, "problems").to_pylist()}
+    assert rows["a"]["expert_nll_mean"] == 1.0 and rows["b"]["expert_nll_mean"] == 2.5
+
+
+def test_the_builder_reads_only_the_row_groups_of_a_shards_problems(tmp_path):
+    """Problems are written in row groups; a shard's build decodes the groups its problems sit in."""
+    from pipeline.build import ProblemIndex
+    from pipeline.store import PROBLEMS_ROW_GROUP
+
+    n = PROBLEMS_ROW_GROUP * 3 + 5
+    problems = [_problem(f"q{i:04d}") for i in range(n)]
+    run = _run(tmp_path, problems, [[_sample("q0300", "cot", 0, "incorrect")]])
+    write_parquet(schemas.from_rows("problems", problems), run.problems, row_group_size=PROBLEMS_ROW_GROUP)
+    index = ProblemIndex(run.problems)
+    assert index.rows == n and index.file.num_row_groups == 4
+    import polars as pl
+
+    reads = []
+    original = index.file.read_row_group
+    index.file.read_row_group = lambda rg, **kw: reads.append((rg, kw.get("columns"))) or original(rg, **kw)
+    got = index.for_ids(pl.Series(["q0300", "q0301", "q0300", "missing"])).collect()
+    assert sorted(got["problem_id"].to_list()) == ["q0300", "q0301"]
+    assert dict(zip(got["problem_id"], got["_index"], strict=True)) == {"q0300": 300, "q0301": 301}
+    assert reads == [(1, None)]  # the one row group holding rows 256..511
 
 
 # ---------------------------------------------------------------------------------------------
