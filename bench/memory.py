@@ -79,7 +79,8 @@ def _sample(p: dict, kind: str, j: int, rng: random.Random) -> dict:
 
 def make_run(root: Path, n: int, shard_size: int, rollouts: int = 8, explanations: int = 2) -> None:
     import schemas
-    from pipeline.store import PROBLEMS_ROW_GROUP, RunDir, write_json, write_parquet
+    from pipeline.store import PROBLEMS_ROW_GROUP, RunDir, write_parquet
+    from schemas.run_doc import RunDoc
 
     rng = random.Random(0)
     run = RunDir(root)
@@ -92,7 +93,7 @@ def make_run(root: Path, n: int, shard_size: int, rollouts: int = 8, explanation
             rows += [_sample(p, "cot", j, rng) for j in range(rollouts)]
             rows += [_sample(p, "explanation", j, rng) for j in range(explanations)]
         write_parquet(schemas.from_rows("samples", rows), run.shard(k // shard_size))
-    write_json({"name": "synthetic", "status": "complete"}, run.run_json)
+    run.write_doc(RunDoc(expo_data_version="bench", name="synthetic", status="complete", created="-"))
 
 
 STAGES = {

@@ -55,11 +55,13 @@ def main() -> int:
     ap.add_argument("--no-scoring", action="store_true", help="leave the two ExPO scores out of the pipeline")
     args = ap.parse_args()
 
-    from pipeline import generate as gen
+    from pipeline import stages as gen
     from pipeline.config import config_from_dict
     from pipeline.engines import derive_seed, load_engine
+    from pipeline.manifest import start_run
     from pipeline.prompts import get_template
     from pipeline.store import read_table
+    from pipeline.timeline import stage_timeline
     from pipeline.verify import VerifierPool
 
     tmp = tempfile.mkdtemp(prefix="expo-overhead-")
@@ -84,7 +86,7 @@ def main() -> int:
     device = getattr(engine, "device", None) or ("cuda" if _cuda() else "cpu")
     print(f"engine: {engine.name} on {device}, model {args.model} (loaded in {time.perf_counter() - t0:.1f}s)")
     with VerifierPool(workers=cfg.verifier.workers, timeout_s=cfg.verifier.timeout_s) as pool:
-        run = gen.prepare_run_dir(cfg, force=True)
+        run = start_run(cfg, force=True)
         gen.write_problems(cfg, run, pool)
         plans = gen.plan_shards(cfg, run)
         template = get_template(cfg.prompts.template)
@@ -123,11 +125,11 @@ def main() -> int:
                 for f in (run.shard(plan.index), run.expert_shard(plan.index), run.pending_shard(plan.index)):
                     f.unlink(missing_ok=True)
 
-        def serial() -> list[dict]:
+        def serial() -> list:
             clear()
             return [gen.run_shard(cfg, run, plan, engine, pool) for plan in plans]
 
-        def overlapped() -> list[dict]:
+        def overlapped() -> list:
             # The generate flow's local executor, without Prefect: the engine stage in this thread,
             # each shard's verifier stage in a worker thread as soon as it is generated.
             clear()
@@ -151,14 +153,16 @@ def main() -> int:
             times["serial"].append(time.perf_counter() - t)
             if len(plans) > 1:
                 t = time.perf_counter()
-                timelines.append(gen.stage_timeline(overlapped()))
+                timelines.append(stage_timeline(o.record for o in overlapped()).model_dump())
                 times["overlapped"].append(time.perf_counter() - t)
     r, p = statistics.median(times["raw"]), statistics.median(times["serial"])
     print(f"raw engine:  {r:7.2f}s  ({tokens} generated tokens, {tokens / r:,.0f} tokens/s)")
     print(f"pipeline:    {p:7.2f}s  ({tokens / p:,.0f} tokens/s end to end, stages one after the other)")
     for key in ("generate_s", "score_s", "verify_s", "write_s"):
-        print(f"  {key[:-2]:<9} {statistics.median(sum(s[key] for s in run_) for run_ in stages):7.2f}s")
-    busy = statistics.median(sum(s["total_s"] for s in run_) for run_ in stages)
+        print(
+            f"  {key[:-2]:<9} {statistics.median(sum(getattr(s.record, key) for s in run_) for run_ in stages):7.2f}s"
+        )
+    busy = statistics.median(sum(s.record.total_s for s in run_) for run_ in stages)
     print(f"  render etc {p - busy:6.2f}s")
     print(f"ratio pipeline/raw: {p / r:.3f}  (goal <= 1.05 on a GPU with a real model)")
     if timelines:

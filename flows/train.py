@@ -12,7 +12,7 @@ from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_table_artifact
 from prefect.cache_policies import NO_CACHE
 
-from flows.generate import _artifact_key, generate_flow
+from flows.generate import artifact_key, generate_config_flow
 from pipeline.engines import release_engines
 from pipeline.online import OnlineConfig, OnlineLoop, evaluate_policy, load_online_config
 from pipeline.train.config import TrainConfig, load_train_config
@@ -41,16 +41,16 @@ def train_flow(
     config_path: str | None = None,
     overrides: list[str] | None = None,
     force_new: bool = False,
+    table: str | None = None,
 ) -> str:
     """Train ``kind`` (dpo | sft | grpo) on a run dir or Hub dataset; returns the checkpoint folder.
 
-    ``data``, ``model`` and ``out`` override the config file's keys of the same meaning."""
-    cfg = load_train_config(
-        config_path, overrides or [], base={"kind": kind, "data": data, "model": model, "output_dir": out}
-    )
+    ``data``, ``model``, ``out`` and ``table`` override the config file's keys of the same meaning."""
+    base = {"kind": kind, "data": data, "model": model, "output_dir": out, "table": table}
+    cfg = load_train_config(config_path, overrides or [], base=base)
     manifest = train_task(cfg, force_new)
     create_table_artifact(
-        key=f"expo-train-{_artifact_key(kind)}",
+        key=f"expo-train-{artifact_key(kind)}",
         table=[
             {
                 "kind": kind,
@@ -73,7 +73,7 @@ def online_flow(config_path: str, overrides: list[str] | None = None, force_new:
     logger = get_run_logger()
     loop = OnlineLoop(
         cfg,
-        generate=lambda path, ovr: generate_flow(path, overrides=ovr),
+        generate=generate_config_flow,
         train=lambda tcfg: train_task(tcfg),
         evaluate=lambda policy, _path: eval_task(cfg, policy),
         release=release_engines,
@@ -81,7 +81,7 @@ def online_flow(config_path: str, overrides: list[str] | None = None, force_new:
     )
     state = loop.run(force_new=force_new)
     create_table_artifact(
-        key=f"expo-online-{_artifact_key(cfg.name)}",
+        key=f"expo-online-{artifact_key(cfg.name)}",
         table=state["summary"],
         description=f"Online ExP-DPO `{cfg.name}`: held-out accuracy of each round's policy",
     )

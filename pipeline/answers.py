@@ -1,4 +1,5 @@
-"""Pure string extraction of final answers: the last ``\\boxed{}`` and GSM8K's ``#### answer``.
+"""Pure string work on final answers: the last ``\\boxed{}``, GSM8K's ``#### answer``, and the
+conservative normalisation that settles exact copies without sympy.
 
 No parsing and no evaluation here: this runs on untrusted text in the main process, so it is plain,
 linear-time scanning. Mathematical parsing happens in the verifier's worker processes.
@@ -81,3 +82,60 @@ def gsm8k_final(answer_field: str) -> str | None:
 def strip_gsm8k_calculator(text: str) -> str:
     """GSM8K solutions carry calculator annotations ``<<5*3=15>>``; they are not prose."""
     return re.sub(r"<<[^<>]*>>", "", text)
+
+
+# ----------------------------------------------------------------------------------------------
+# Normalisation: shared by the fast path and the parser input.
+
+_SPACING = re.compile(r"\\[,;:! ]|\\quad|\\qquad|~")
+_THOUSANDS = re.compile(r"(?<=\d)(?:\\,|\{,\}|\\ )(?=\d{3}(?!\d))")
+
+
+def clean_answer(text: str) -> str:
+    """Undo typography that changes no value: thin-space thousands separators, \\dfrac, \\left/\\right."""
+    s = text.strip()
+    s = _THOUSANDS.sub("", s)
+    s = s.replace("\\dfrac", "\\frac").replace("\\tfrac", "\\frac")
+    s = s.replace("\\left", "").replace("\\right", "")
+    return s
+
+
+def normalise(text: str) -> str:
+    """Conservative canonical string: equal strings here are certainly equal answers."""
+    s = clean_answer(text)
+    s = _SPACING.sub("", s)
+    s = s.replace("$", "").replace(" ", "")
+    s = s.rstrip(".")
+    return s
+
+
+_INT = re.compile(r"-?\d+")
+_INTERVAL = re.compile(r"([\[(])(-?\d+),(-?\d+)([\])])")
+
+
+def _literal(s: str) -> tuple | None:
+    """A normalised answer that is a plain integer, a set of plain integers or an interval with
+    integer ends, as a value that compares the way Math-Verify compares it; None for anything else."""
+    if _INT.fullmatch(s):
+        return ("int", int(s))
+    if s.startswith("\\{") and s.endswith("\\}"):
+        parts = s[2:-2].split(",")
+        if all(_INT.fullmatch(p) for p in parts):
+            return ("set", frozenset(int(p) for p in parts))
+        return None
+    m = _INTERVAL.fullmatch(s)
+    if m and m.group(1) + m.group(4) in ("[]", "[)", "(]"):  # "(a,b)" could be a point or a tuple
+        return ("interval", m.group(1), int(m.group(2)), int(m.group(3)), m.group(4))
+    return None
+
+
+def fast_verdict(gold: str, extracted: str) -> bool | None:
+    """True or False when plain string work settles it, None when sympy must decide: equal
+    normalised strings, or two integers, two integer sets, two integer-bounded intervals."""
+    g, e = normalise(gold), normalise(extracted)
+    if g == e:
+        return True
+    a, b = _literal(g), _literal(e)
+    if a is None or b is None or a[0] != b[0]:
+        return None
+    return a == b

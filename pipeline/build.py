@@ -19,11 +19,9 @@ Rules (``build`` in the run config):
 
 from __future__ import annotations
 
-import json
 import shutil
 from collections import Counter
 from pathlib import Path
-from typing import Any
 
 import polars as pl
 import pyarrow as pa
@@ -32,15 +30,9 @@ import pyarrow.parquet as pq
 import schemas
 from pipeline import progress
 from pipeline.config import BuildConfig
-from pipeline.store import (
-    PROBLEMS_ROW_GROUP,
-    RunDir,
-    atomic_write,
-    parquet_files,
-    read_table,
-    write_json,
-    write_parquet,
-)
+from pipeline.problem_table import ProblemIndex
+from pipeline.store import RunDir, parquet_files, rows_by_level, write_parquet
+from schemas.run_doc import BuildCoverage, BuildStats, HintLeaks
 
 CHOSEN_COLS = ["chosen_sample_id", "chosen_text", "chosen_nll_mean", "chosen_answer_logprob"]
 
@@ -142,7 +134,15 @@ def _pair_table(pairs: pl.LazyFrame, source: str) -> pl.LazyFrame:
     )
 
 
-def _with_expert(pairs: pl.LazyFrame, problems: pl.LazyFrame) -> pl.LazyFrame:
+def _first_of_each(pairs: pl.LazyFrame, keys: list[str]) -> pl.LazyFrame:
+    """With ``allow_reuse``, two ``dpo`` pairs that share their rejected side can get the same
+    baseline chosen (one expert solution, or fewer correct CoTs than explanations): keep the first
+    such pair only, never the same preference twice."""
+    ordered = pairs.sort(["problem_id", "pair_index"])
+    return ordered.unique(subset=["problem_id", *keys], keep="first", maintain_order=True)
+
+
+def _with_expert(pairs: pl.LazyFrame, problems: pl.LazyFrame, cfg: BuildConfig) -> pl.LazyFrame:
     expert = problems.select(
         "problem_id",
         pl.lit(None, dtype=pl.String).alias("chosen_sample_id"),
@@ -150,7 +150,8 @@ def _with_expert(pairs: pl.LazyFrame, problems: pl.LazyFrame) -> pl.LazyFrame:
         pl.col("expert_nll_mean").alias("chosen_nll_mean"),
         pl.col("expert_answer_logprob").alias("chosen_answer_logprob"),
     ).filter(pl.col("chosen_text").is_not_null())
-    return pairs.drop(CHOSEN_COLS).join(expert, on="problem_id", how="inner")
+    joined = pairs.drop(CHOSEN_COLS).join(expert, on="problem_id", how="inner")
+    return _first_of_each(joined, ["rejected_sample_id"]) if cfg.allow_reuse else joined
 
 
 def _with_own_correct(pairs: pl.LazyFrame, correct: pl.LazyFrame, cfg: BuildConfig) -> pl.LazyFrame:
@@ -165,7 +166,8 @@ def _with_own_correct(pairs: pl.LazyFrame, correct: pl.LazyFrame, cfg: BuildConf
     )
     joined = pairs.drop(CHOSEN_COLS).join(own, on="problem_id", how="inner")
     want = pl.col("pair_index") % pl.col("_n_correct") if cfg.allow_reuse else pl.col("pair_index")
-    return joined.filter(pl.col("c_rank") == want).drop("c_rank", "_n_correct")
+    chosen = joined.filter(pl.col("c_rank") == want).drop("c_rank", "_n_correct")
+    return _first_of_each(chosen, ["chosen_sample_id", "rejected_sample_id"]) if cfg.allow_reuse else chosen
 
 
 def _grpo(samples: pl.LazyFrame, c: dict[str, pl.LazyFrame], problems: pl.LazyFrame) -> pl.LazyFrame:
@@ -251,63 +253,7 @@ def _to_arrow(frame: pl.LazyFrame, name: str) -> pa.Table:
     return table.select(target.names).cast(target)
 
 
-EXPERT_COLS = ("expert_nll_mean", "expert_nll_tokens", "expert_answer_logprob")
-
-
-def finalize_problems(run: RunDir) -> None:
-    """Join the per-shard expert-solution scores into the problems table, rewritten atomically one
-    row group at a time (the scores are three numbers per problem; the texts are never all in
-    memory). A problem without a new score keeps the one it has."""
-    if not run.expert_scores.exists() or not parquet_files(run.expert_scores):
-        return
-    scores = pl.from_arrow(read_table(run.expert_scores, "expert_scores")).unique("problem_id", keep="last")
-    scores = scores.rename({c: f"_new_{c}" for c in EXPERT_COLS})
-    source = pq.ParquetFile(run.problems)
-    schemas.check(source.schema_arrow, "problems", where=str(run.problems))
-    target = schemas.schema("problems")
-
-    def write(tmp: str) -> None:
-        with pq.ParquetWriter(tmp, target, compression="zstd") as writer:
-            for rg in range(source.num_row_groups):
-                part = pl.from_arrow(source.read_row_group(rg)).join(scores, on="problem_id", how="left")
-                part = part.with_columns(pl.coalesce(f"_new_{c}", c).alias(c) for c in EXPERT_COLS)
-                writer.write_table(part.select(target.names).to_arrow().cast(target), row_group_size=PROBLEMS_ROW_GROUP)
-
-    atomic_write(run.problems, write)
-
-
-class ProblemIndex:
-    """Where each problem sits in the problems file (row position and row group), kept as ids and
-    integers only, so a builder can read the few row groups holding one shard's problems."""
-
-    def __init__(self, path: Path):
-        self.file = pq.ParquetFile(path)
-        schemas.check(self.file.schema_arrow, "problems", where=str(path))
-        ids, groups = [], []
-        for rg in range(self.file.num_row_groups):
-            part = self.file.read_row_group(rg, columns=["problem_id"]).column(0)
-            ids.append(part)
-            groups.append(pa.array([rg] * len(part), pa.int32()))
-        self.frame = pl.DataFrame(
-            {
-                "problem_id": pa.chunked_array(ids, pa.string()) if ids else pa.array([], pa.string()),
-                "_rg": pa.chunked_array(groups, pa.int32()) if groups else pa.array([], pa.int32()),
-            }
-        ).with_row_index("_index")
-        self.rows = self.frame.height
-
-    def for_ids(self, ids: pl.Series) -> pl.LazyFrame:
-        """The problems with these ids, with ``_index`` (their row in the file)."""
-        wanted = self.frame.join(pl.DataFrame({"problem_id": ids.unique()}), on="problem_id", how="semi")
-        parts = [pl.from_arrow(self.file.read_row_group(int(rg))) for rg in wanted["_rg"].unique().sort().to_list()]
-        if not parts:
-            empty = pl.from_arrow(schemas.empty("problems"))
-            return empty.with_columns(pl.lit(None, pl.UInt32).alias("_index")).lazy()
-        rows = pl.concat(parts).join(wanted.select("problem_id", "_index"), on="problem_id", how="inner")
-        return rows.lazy()
-
-
-def build_datasets(run: RunDir, cfg: BuildConfig) -> dict[str, Any]:
+def build_datasets(run: RunDir, cfg: BuildConfig) -> BuildStats:
     """Rebuild every training set from the samples shards; returns counts for run.json and report.
 
     One shard at a time: its samples are scanned lazily, and only the problems it names are read,
@@ -319,7 +265,6 @@ def build_datasets(run: RunDir, cfg: BuildConfig) -> dict[str, Any]:
         path.mkdir(parents=True)
     counts: Counter[str] = Counter()
     paired: set[str] = set()
-    by_level: dict[str, Counter[str]] = {name: Counter() for name in schemas.DATASETS}
     shards = parquet_files(run.samples)
     progress.emit("build.start", shards=len(shards))
     for shard_file in shards:
@@ -331,7 +276,7 @@ def build_datasets(run: RunDir, cfg: BuildConfig) -> dict[str, Any]:
         pairs = _pairs(c, cfg)
         frames = {
             "dpo": _pair_table(pairs, "explanation"),
-            "dpo_expert": _pair_table(_with_expert(pairs, problems), "expert"),
+            "dpo_expert": _pair_table(_with_expert(pairs, problems, cfg), "expert"),
             "dpo_self": _pair_table(_with_own_correct(pairs, c["correct_cots"], cfg), "cot"),
             "grpo": _grpo(samples, c, problems),
             "sft": _sft(c),
@@ -343,23 +288,23 @@ def build_datasets(run: RunDir, cfg: BuildConfig) -> dict[str, Any]:
                 continue  # no empty parts: `datasets` refuses a folder that holds one
             write_parquet(table, staging[name] / shard_file.name.replace("shard-", "part-"))
             counts[name] += table.num_rows
-            for level in table.column("level").to_pylist():
-                by_level[name][str(level) if level is not None else "none"] += 1
             if name == "dpo":
                 paired.update(table.column("problem_id").to_pylist())
     for name, path in staging.items():
         progress.emit("build.swap", table=name)
         _swap_in(path, run.table(name))
-    stats = _coverage(run, cfg, index.rows, len(paired))
-    stats["dpo_pairs_without_candidate"] = {
-        "dpo_expert": counts["dpo"] - counts["dpo_expert"],
-        "dpo_self": counts["dpo"] - counts["dpo_self"],
-    }
-    return {
-        "rows": {name: counts[name] for name in schemas.DATASETS},
-        "rows_by_level": {name: dict(sorted(by_level[name].items())) for name in schemas.DATASETS},
-        **stats,
-    }
+    coverage, leaks = _coverage(run, cfg, index.rows, len(paired))
+    return BuildStats(
+        settings=cfg,
+        rows={name: counts[name] for name in schemas.DATASETS},
+        rows_by_level={name: rows_by_level(run.table(name)) for name in schemas.DATASETS},
+        problems=coverage,
+        hint_leaks=leaks,
+        dpo_pairs_without_candidate={
+            "dpo_expert": counts["dpo"] - counts["dpo_expert"],
+            "dpo_self": counts["dpo"] - counts["dpo_self"],
+        },
+    )
 
 
 def _swap_in(staged: Path, final: Path) -> None:
@@ -372,7 +317,7 @@ def _swap_in(staged: Path, final: Path) -> None:
     shutil.rmtree(old, ignore_errors=True)
 
 
-def _coverage(run: RunDir, cfg: BuildConfig, n_problems: int, paired: int) -> dict[str, Any]:
+def _coverage(run: RunDir, cfg: BuildConfig, n_problems: int, paired: int) -> tuple[BuildCoverage, HintLeaks]:
     """How many problems each set could not use, and why: nothing goes missing silently."""
     samples = pl.scan_parquet([str(p) for p in parquet_files(run.samples)])
     c = _candidates(samples, cfg)
@@ -388,88 +333,12 @@ def _coverage(run: RunDir, cfg: BuildConfig, n_problems: int, paired: int) -> di
         .collect()
         .row(0, named=True)
     )
-    return {
-        "problems": {
-            "total": n_problems,
-            "with_verified_explanation": with_expl,
-            "with_rejectable_cot": with_rejected,
-            "paired": paired,
-            "without_verified_explanation": n_problems - with_expl,
-            "without_rejectable_cot": n_problems - with_rejected,
-        },
-        "hint_leaks": leaks,
-    }
-
-
-# ----------------------------------------------------------------------------------------------
-# Rebuilding from published data
-
-
-def materialize(source: str | Path, out: str | Path, revision: str | None = None) -> RunDir:
-    """Lay out ``problems`` and ``samples`` from a published dataset (a Hub repo id, or a local
-    folder in the published layout such as a publish dry-run) as a run dir in ``out``, so the
-    builders can cut new training sets from someone else's samples. Every file is schema-checked."""
-    from pipeline.config import looks_like_hub_id
-
-    src = Path(source)
-    if not src.exists():
-        if not looks_like_hub_id(str(source)):
-            raise FileNotFoundError(f"no such run dir or dataset folder, and not a Hub repo id: {source}")
-        from huggingface_hub import snapshot_download
-
-        src = Path(
-            snapshot_download(
-                str(source),
-                repo_type="dataset",
-                revision=revision,
-                allow_patterns=["problems/*.parquet", "samples/*.parquet", "run.json"],
-            )
-        )
-    run = RunDir(out)
-    sample_files = parquet_files(src / "samples") if (src / "samples").exists() else []
-    if not sample_files or not (src / "problems").exists():
-        raise FileNotFoundError(f"{source} has no samples/ and problems/ tables to build from")
-    problems = read_table(src / "problems", "problems")
-    if run.samples.exists():
-        shutil.rmtree(run.samples)
-    run.samples.mkdir(parents=True)
-    for i, f in enumerate(sample_files):
-        schemas.check(pq.read_schema(f), "samples", where=str(f))
-        shutil.copyfile(f, run.shard(i))
-    write_parquet(problems, run.problems, row_group_size=PROBLEMS_ROW_GROUP)
-    doc = json.loads((src / "run.json").read_text()) if (src / "run.json").exists() else {}
-    doc["rebuilt_from"] = {"source": str(source), "revision": revision}
-    write_json(doc, run.run_json)
-    return run
-
-
-def build_settings(run_doc: dict[str, Any] | None, overrides: list[str]) -> BuildConfig:
-    """The build settings a rebuild uses: the run's own (from its run.json, when there is one),
-    with ``build.key=value`` overrides on top; other keys cannot change what a rebuild makes."""
-    from pydantic import ValidationError
-
-    from pipeline.config import ConfigError, parse_override
-
-    values = dict(((run_doc or {}).get("config") or {}).get("build") or {})
-    for item in overrides:
-        key, value = parse_override(item)
-        if not key.startswith("build."):
-            raise ConfigError(f"--set {item!r}: only build.* keys change what a rebuild makes")
-        values[key.removeprefix("build.")] = value
-    try:
-        return BuildConfig.model_validate(values)
-    except ValidationError as e:
-        raise ConfigError(f"invalid build settings: {e}") from None
-
-
-def rebuild(run: RunDir, cfg: BuildConfig) -> dict[str, Any]:
-    """Cut the training sets again with ``cfg`` and record it in run.json."""
-    from pipeline.generate import table_manifest
-
-    stats = build_datasets(run, cfg)
-    doc = run.load_run_json() or {}
-    doc.setdefault("config", {})["build"] = cfg.model_dump()
-    doc["build"] = stats
-    doc["tables"] = table_manifest(run)
-    write_json(doc, run.run_json)
-    return stats
+    coverage = BuildCoverage(
+        total=n_problems,
+        with_verified_explanation=with_expl,
+        with_rejectable_cot=with_rejected,
+        paired=paired,
+        without_verified_explanation=n_problems - with_expl,
+        without_rejectable_cot=n_problems - with_rejected,
+    )
+    return coverage, HintLeaks(**leaks)

@@ -12,19 +12,18 @@ import difflib
 import hashlib
 import json
 import re
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from pipeline.errors import ConfigError
 from pipeline.prompts import DEFAULT_TEMPLATE
+from pipeline.sources import looks_like_hub_id, resolve_path
 
-HUB_ID_RE = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
-
-
-class ConfigError(ValueError):
-    """A config that cannot run, with a message meant for the person who wrote it."""
+M = TypeVar("M", bound=BaseModel)
 
 
 class Strict(BaseModel):
@@ -197,6 +196,8 @@ class RunConfig(Strict):
 
 # Fields that hold paths (dotted), resolved against the config file's folder when relative.
 PATH_FIELDS = ("output_dir", "model.path", "problems.source")
+# Keys that name a folder we write: never a Hub id, however much "runs/x" looks like one.
+LOCAL_ONLY = ("output_dir",)
 
 
 def _known_keys(model: type[BaseModel]) -> list[str]:
@@ -219,8 +220,7 @@ def _submodel(model: type[BaseModel], loc: tuple[Any, ...]) -> type[BaseModel] |
     return current if isinstance(current, type) and issubclass(current, BaseModel) else None
 
 
-def format_validation_error(err: ValidationError, source: str, root: type[BaseModel] | None = None) -> str:
-    root = root or RunConfig
+def format_validation_error(err: ValidationError, source: str, root: type[BaseModel]) -> str:
     lines = [f"invalid config {source}:"]
     for e in err.errors():
         loc = tuple(e["loc"])
@@ -242,7 +242,7 @@ def format_validation_error(err: ValidationError, source: str, root: type[BaseMo
     return "\n".join(lines)
 
 
-def _get(d: dict[str, Any], dotted: str) -> Any:
+def get_dotted(d: dict[str, Any], dotted: str) -> Any:
     for part in dotted.split("."):
         if not isinstance(d, dict) or part not in d:
             return None
@@ -250,7 +250,7 @@ def _get(d: dict[str, Any], dotted: str) -> Any:
     return d
 
 
-def _set(d: dict[str, Any], dotted: str, value: Any) -> None:
+def set_dotted(d: dict[str, Any], dotted: str, value: Any) -> None:
     parts = dotted.split(".")
     for part in parts[:-1]:
         nxt = d.get(part)
@@ -262,35 +262,17 @@ def _set(d: dict[str, Any], dotted: str, value: Any) -> None:
     d[parts[-1]] = value
 
 
-def looks_like_hub_id(value: str) -> bool:
-    return bool(HUB_ID_RE.match(value)) and not value.startswith((".", "/", "~"))
-
-
-# Keys that name a folder we write: never a Hub id, however much "runs/x" looks like one.
-LOCAL_ONLY = ("output_dir",)
-
-
-def _resolve_path(value: Any, base: Path, hub_ok: bool = True) -> Any:
-    """Relative local paths become absolute; Hub ids (owner/name, not on disk) stay as they are."""
-    if not isinstance(value, str) or not value:
-        return value
-    p = Path(value).expanduser()
-    if p.is_absolute():
-        return str(p)
-    candidate = (base / p).resolve()
-    if hub_ok and looks_like_hub_id(value) and not candidate.exists():
-        return value
-    return str(candidate)
-
-
-def parse_override(item: str) -> tuple[str, Any]:
-    """``key.sub=value``; the value is read as YAML, so numbers, booleans and lists work."""
+def parse_override(item: str, literal_keys: Iterable[str] = ()) -> tuple[str, Any]:
+    """``key.sub=value``; the value is read as YAML, so numbers, booleans and lists work. Keys in
+    ``literal_keys`` (paths) take the text as it is: YAML would cut ``runs/a #1`` at its comment."""
     if "=" not in item:
         raise ConfigError(f"--set {item!r}: expected key=value, e.g. generation.rollouts=4")
     key, raw = item.split("=", 1)
     key = key.strip()
     if not re.fullmatch(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)*", key):
         raise ConfigError(f"--set {item!r}: {key!r} is not a dotted config key")
+    if key in literal_keys:
+        return key, raw.strip()
     try:
         value = yaml.safe_load(raw) if raw.strip() else ""
     except yaml.YAMLError:
@@ -313,40 +295,59 @@ def read_yaml_mapping(path: str | Path) -> dict[str, Any]:
     return raw
 
 
-def apply_paths_and_overrides(
-    raw: dict[str, Any],
+def validate(model: type[M], raw: dict[str, Any], source: str = "<dict>") -> M:
+    """``raw`` as a ``model``, or a ConfigError that names each bad key and suggests the closest."""
+    try:
+        return model.model_validate(raw)
+    except ValidationError as e:
+        raise ConfigError(format_validation_error(e, source, root=model)) from None
+
+
+def load_yaml_model(
+    model: type[M],
+    path: str | Path | None,
+    overrides: Iterable[str] = (),
+    *,
     path_fields: tuple[str, ...],
-    base: Path | None,
-    overrides: list[str] | None,
+    values: dict[str, Any] | None = None,
     cwd: str | Path | None = None,
-) -> dict[str, Any]:
-    """Resolve path keys written in a file against ``base`` and those given as overrides against
-    the cwd, then apply the overrides: the shared rule of every config this project reads."""
-    if base is not None:
+) -> M:
+    """The one loader of every YAML config this project reads (run, training, online): the file,
+    then ``values`` (typed, e.g. the CLI's own options), then ``--set`` overrides, each later one
+    winning. Path keys written in the file resolve against the file's folder; those given as
+    values or overrides against the current directory, as a user typing them expects."""
+    raw: dict[str, Any] = read_yaml_mapping(path) if path is not None else {}
+    if path is not None:
+        base = Path(path).resolve().parent
         for dotted in path_fields:
-            value = _get(raw, dotted)
+            value = get_dotted(raw, dotted)
             if value is not None:
-                _set(raw, dotted, _resolve_path(value, base, hub_ok=dotted not in LOCAL_ONLY))
-    cwd_path = Path(cwd) if cwd else Path.cwd()
-    for item in overrides or []:
-        key, value = parse_override(item)
+                set_dotted(raw, dotted, resolve_path(value, base, hub_ok=dotted not in LOCAL_ONLY))
+    here = Path(cwd) if cwd else Path.cwd()
+    given = [(k, v) for k, v in (values or {}).items() if v is not None]
+    given += [parse_override(item, path_fields) for item in overrides]
+    for key, value in given:
         if key in path_fields:
-            value = _resolve_path(value, cwd_path, hub_ok=key not in LOCAL_ONLY)
-        _set(raw, key, value)
-    return raw
+            value = resolve_path(str(value), here, hub_ok=key not in LOCAL_ONLY)
+        set_dotted(raw, key, value)
+    return validate(model, raw, source=str(path) if path is not None else "<command line>")
 
 
-def load_config(path: str | Path, overrides: list[str] | None = None, cwd: str | Path | None = None) -> RunConfig:
-    raw = read_yaml_mapping(path)
-    apply_paths_and_overrides(raw, PATH_FIELDS, Path(path).resolve().parent, overrides, cwd)
-    return config_from_dict(raw, source=str(path))
+def load_config(path: str | Path, overrides: Iterable[str] = (), cwd: str | Path | None = None) -> RunConfig:
+    return load_yaml_model(RunConfig, path, overrides, path_fields=PATH_FIELDS, cwd=cwd)
 
 
 def config_from_dict(raw: dict[str, Any], source: str = "<dict>") -> RunConfig:
-    try:
-        return RunConfig.model_validate(raw)
-    except ValidationError as e:
-        raise ConfigError(format_validation_error(e, source)) from None
+    return validate(RunConfig, raw, source)
+
+
+def with_values(cfg: M, values: dict[str, Any]) -> M:
+    """A copy of a config with dotted keys set to typed values, validated again: how Python code
+    derives one config from another, never through ``--set`` strings."""
+    raw = cfg.model_dump()
+    for key, value in values.items():
+        set_dotted(raw, key, value)
+    return validate(type(cfg), raw, source="<derived config>")
 
 
 def diff_configs(old: dict[str, Any], new: dict[str, Any], prefix: str = "") -> list[str]:

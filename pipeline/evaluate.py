@@ -10,13 +10,16 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from pipeline import progress
-from pipeline.config import ModelConfig, ProblemsConfig, SamplingConfig
+from pipeline.config import ModelConfig, ProblemsConfig, SamplingConfig, validate
 from pipeline.engines import Engine, Request, Sampling, derive_seed, get_engine
+from pipeline.errors import ConfigError
 from pipeline.problems import load_problems
-from pipeline.prompts import DEFAULT_TEMPLATE, get_template, render_chat
+from pipeline.prompts import DEFAULT_TEMPLATE, encode_chat, get_template
+from pipeline.sources import resolve_path
 from pipeline.verify import VerifierPool
 
 
@@ -47,15 +50,40 @@ class EvalSpec:
 
     def __post_init__(self) -> None:
         if self.samples < 1:
-            raise ValueError("samples must be >= 1")
+            raise ConfigError("samples must be >= 1")
         bad = [k for k in self.ks if k < 1 or k > self.samples]
         if bad or not self.ks:
-            raise ValueError(f"every k must be in 1..samples ({self.samples}); got {list(self.ks)}")
+            raise ConfigError(f"every k must be in 1..samples ({self.samples}); got {list(self.ks)}")
 
     def sampling(self) -> SamplingConfig:
         return SamplingConfig(
             temperature=self.temperature, top_p=self.top_p, max_tokens=self.max_tokens, seed=self.seed
         )
+
+
+def eval_inputs(
+    model: str,
+    problems: str,
+    engine: str = "vllm",
+    max_model_len: int | None = None,
+    limit: int | None = None,
+    split: str | None = None,
+    cwd: str | Path | None = None,
+) -> tuple[ModelConfig, ProblemsConfig]:
+    """The model and problem configs of an evaluation given as command-line values: paths resolve
+    against the current directory, Hub ids stay as they are, bad values fail naming the option."""
+    here = Path(cwd) if cwd else Path.cwd()
+    model_cfg = validate(
+        ModelConfig,
+        {"path": resolve_path(model, here), "engine": engine, "max_model_len": max_model_len},
+        source="--model/--engine/--max-model-len",
+    )
+    problems_cfg = validate(
+        ProblemsConfig,
+        {"source": resolve_path(problems, here), "limit": limit, "split": split},
+        source="--problems/--limit/--split",
+    )
+    return model_cfg, problems_cfg
 
 
 def _aggregate(counts: list[tuple[int | None, int]], n: int, ks: tuple[int, ...]) -> dict[str, Any]:
@@ -82,8 +110,7 @@ def evaluate(
     params = spec.sampling()
     requests = []
     for p in loaded.problems:
-        text = render_chat(engine.tokenizer, template.messages("cot", p["question"]))
-        ids = list(engine.tokenizer.encode(text, add_special_tokens=False))
+        ids = encode_chat(engine.tokenizer, template.messages("cot", p["question"]))
         seed = derive_seed(params.seed, p["problem_id"], "eval")
         sampling = Sampling(spec.samples, params.temperature, params.top_p, params.max_tokens, seed)
         requests.append(Request(p["problem_id"], ids, sampling))

@@ -17,6 +17,7 @@ without Prefect.
 
 from __future__ import annotations
 
+import copy
 import json
 import shutil
 import time
@@ -24,7 +25,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from pydantic import Field, ValidationError
+from pydantic import Field
 
 from pipeline import progress
 from pipeline.config import (
@@ -32,16 +33,15 @@ from pipeline.config import (
     ProblemsConfig,
     RunConfig,
     Strict,
-    apply_paths_and_overrides,
     diff_configs,
-    format_validation_error,
     load_config,
-    read_yaml_mapping,
+    load_yaml_model,
+    with_values,
 )
 from pipeline.evaluate import EvalSpec
-from pipeline.store import write_json
+from pipeline.store import RunDir, write_json
 from pipeline.train.config import TrainConfig, train_config_from_dict
-from pipeline.train.run import TRAIN_JSON
+from pipeline.train.run import read_manifest
 
 STATE = "online.json"
 
@@ -83,15 +83,10 @@ PATH_FIELDS = ("output_dir", "generate", "eval.problems.source")
 
 
 def load_online_config(path: str | Path, overrides: list[str] | None = None) -> OnlineConfig:
-    raw = read_yaml_mapping(path)
-    apply_paths_and_overrides(raw, PATH_FIELDS, Path(path).resolve().parent, overrides)
-    try:
-        cfg = OnlineConfig.model_validate(raw)
-    except ValidationError as e:
-        raise ConfigError(format_validation_error(e, str(path), root=OnlineConfig)) from None
+    cfg = load_yaml_model(OnlineConfig, path, overrides or [], path_fields=PATH_FIELDS)
     # Fail on a bad training or generate config now, not after the first round's generation.
     round_train_config(cfg, 1, ".", ".")
-    load_config(cfg.generate, run_overrides(cfg, 1, None))
+    round_run_config(cfg, 1, None)
     return cfg
 
 
@@ -103,41 +98,40 @@ def base_run_config(cfg: OnlineConfig) -> RunConfig:
     return load_config(cfg.generate, cfg.generate_set)
 
 
-def run_overrides(cfg: OnlineConfig, r: int, policy: str | None) -> list[str]:
-    """The run config overrides of round ``r``: its own run dir and name, the policy to sample, a
-    seed of its own (so rounds explore rather than replay)."""
+def round_run_config(cfg: OnlineConfig, r: int, policy: str | None) -> RunConfig:
+    """The run config of round ``r``: its own run dir and name, the policy to sample, a seed of its
+    own (so rounds explore rather than replay). Typed values all the way: a policy path is used as
+    it is, whatever characters it holds."""
     base = base_run_config(cfg)
-    out = [
-        *cfg.generate_set,
-        f"output_dir={(round_dir(cfg, r) / 'run').resolve()}",
-        f"name={cfg.name}-round-{r:02d}",
-    ]
+    values: dict[str, Any] = {
+        "output_dir": str((round_dir(cfg, r) / "run").resolve()),
+        "name": f"{cfg.name}-round-{r:02d}",
+    }
     if policy is not None:
-        out.append(f"model.path={policy}")
+        values["model.path"] = policy
     if cfg.vary_seed:
-        out.append(f"generation.sampling.seed={base.generation.sampling.seed + r - 1}")
+        values["generation.sampling.seed"] = base.generation.sampling.seed + r - 1
         if base.generation.explanation_sampling is not None:
-            out.append(f"generation.explanation_sampling.seed={base.generation.explanation_sampling.seed + r - 1}")
-    return out
+            values["generation.explanation_sampling.seed"] = base.generation.explanation_sampling.seed + r - 1
+    return with_values(base, values)
 
 
 def evaluate_policy(cfg: OnlineConfig, policy: str) -> dict[str, Any]:
     """A policy on the held-out problems, with the generate config's engine settings, template and
     verifier: the same conditions every round."""
-    from pipeline.config import ModelConfig
     from pipeline.evaluate import evaluate
     from pipeline.verify import VerifierPool
 
     if cfg.eval is None:
         raise ConfigError("the online config has no eval section")
     run = base_run_config(cfg)
-    model = ModelConfig.model_validate({**run.model.model_dump(), "path": policy, "revision": None})
+    model = with_values(run.model, {"path": policy, "revision": None})
     with VerifierPool(workers=run.verifier.workers, timeout_s=run.verifier.timeout_s) as pool:
         return evaluate(model, cfg.eval.problems, cfg.eval.spec(run.prompts.template), pool)
 
 
 def round_train_config(cfg: OnlineConfig, r: int, run_dir: str, policy: str) -> TrainConfig:
-    raw = json.loads(json.dumps(cfg.train))
+    raw = copy.deepcopy(cfg.train)
     for key in ("kind", "data", "model", "output_dir"):
         if key in raw:
             raise ConfigError(f"online config: train.{key} is set by the loop for each round; remove it")
@@ -156,7 +150,7 @@ class OnlineLoop:
     def __init__(
         self,
         cfg: OnlineConfig,
-        generate: Callable[[str, list[str]], str],
+        generate: Callable[[RunConfig], str],
         train: Callable[[TrainConfig], dict[str, Any]],
         evaluate: Callable[[str, str], dict[str, Any]],
         release: Callable[[], None] = lambda: None,
@@ -235,11 +229,11 @@ class OnlineLoop:
         self.save(state)
         self.log(f"round {r}: generating with {policy}")
         progress.emit("online.round", round=r, step=f"generating with {policy}")
-        run_dir = self.generate(self.cfg.generate, run_overrides(self.cfg, r, policy))
+        run_dir = self.generate(round_run_config(self.cfg, r, policy))
         record["run_dir"] = run_dir
-        run_doc = json.loads((Path(run_dir) / "run.json").read_text())
-        record["sampled_with"] = run_doc["config"]["model"]["path"]
-        dpo_rows = (run_doc.get("tables") or {}).get("dpo", {}).get("rows", 0)
+        run_doc = RunDir(run_dir).require_doc()
+        record["sampled_with"] = run_doc.config.model.path if run_doc.config else None
+        dpo_rows = run_doc.rows("dpo") or 0
         record["dpo_rows"] = dpo_rows
         self.release()  # the engine must give the device back before the trainer takes it
         tcfg = round_train_config(self.cfg, r, run_dir, policy)
@@ -248,9 +242,8 @@ class OnlineLoop:
             policy_out = policy
         else:
             checkpoint = Path(tcfg.output_dir)
-            if (checkpoint / TRAIN_JSON).exists():
-                manifest = json.loads((checkpoint / TRAIN_JSON).read_text())
-            else:
+            manifest = read_manifest(checkpoint)
+            if manifest is None:
                 if checkpoint.exists() and not tcfg.save_steps:
                     shutil.rmtree(checkpoint)  # an interrupted round with nothing to resume from
                 progress.emit("online.round", round=r, step=f"training DPO on {dpo_rows} pairs")

@@ -14,6 +14,8 @@ import hashlib
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from pipeline.errors import ConfigError, ModelError
+
 Kind = Literal["cot", "explanation"]
 Message = dict[str, str]
 
@@ -85,17 +87,23 @@ def get_template(version: str) -> PromptTemplate:
         return TEMPLATES[version]
     except KeyError:
         known = ", ".join(sorted(TEMPLATES))
-        raise ValueError(f"unknown prompt template {version!r}; known: {known}") from None
+        raise ConfigError(f"unknown prompt template {version!r}; known: {known}") from None
 
 
 def render_chat(tokenizer: Any, messages: list[Message]) -> str:
     """The exact text the model is conditioned on, through the model's own chat template."""
     if not getattr(tokenizer, "chat_template", None):
-        raise ValueError(
+        raise ModelError(
             "the model's tokenizer has no chat template; ExPO prompts must go through the model's own "
             "template (set one in tokenizer_config.json or chat_template.jinja)"
         )
     return tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+
+
+def encode_chat(tokenizer: Any, messages: list[Message]) -> list[int]:
+    """The rendered prompt as token ids, tokenised once by us (no special tokens added on top of
+    the template's), so every engine and trainer sees exactly the same input."""
+    return list(tokenizer.encode(render_chat(tokenizer, messages), add_special_tokens=False))
 
 
 def chat_template_digest(tokenizer: Any) -> str:

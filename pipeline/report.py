@@ -17,7 +17,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 import schemas
-from pipeline.store import RunDir, atomic_write, parquet_files, parquet_rows
+from pipeline.store import RunDir, atomic_write, parquet_files, parquet_rows, rows_by_level
+from schemas.run_doc import RunSummary
 
 PLOTS = ("accuracy_by_level.png", "nll_mean.png", "answer_logprob.png", "pairs_by_level.png", "hint_leaks.png")
 
@@ -26,7 +27,7 @@ def _acc(correct: int, total: int) -> float | None:
     return round(correct / total, 4) if total else None
 
 
-def summarize(samples: pl.DataFrame | pl.LazyFrame) -> dict[str, Any]:
+def summarize(samples: pl.DataFrame | pl.LazyFrame) -> RunSummary:
     """Counts and accuracy by kind and level, from the samples' problem_id, kind, level, verdict.
 
     Every figure is an aggregate query, run by polars' streaming engine on a lazy scan, so the
@@ -72,7 +73,8 @@ def summarize(samples: pl.DataFrame | pl.LazyFrame) -> dict[str, Any]:
             "samples": int(row["t"]),
             "accuracy": _acc(int(row["c"]), int(row["t"])),
         }
-    return {"samples": int(by_verdict["len"].sum()) if by_verdict.height else 0, "by_kind": kinds, "by_level": levels}
+    total = int(by_verdict["len"].sum()) if by_verdict.height else 0
+    return RunSummary.model_validate({"samples": total, "by_kind": kinds, "by_level": levels})
 
 
 def scan_samples(run: RunDir, columns: list[str]) -> pl.LazyFrame:
@@ -86,25 +88,26 @@ def scan_samples(run: RunDir, columns: list[str]) -> pl.LazyFrame:
     return pl.scan_parquet(files).select(columns)
 
 
-def summarize_run(run: RunDir) -> dict[str, Any]:
+def summarize_run(run: RunDir) -> RunSummary:
     return summarize(scan_samples(run, ["problem_id", "kind", "level", "verdict"]))
 
 
-def summary_table_rows(summary: dict[str, Any]) -> list[dict[str, Any]]:
-    """Accuracy by level and kind as flat rows (for a Prefect table artifact and the terminal)."""
+def summary_table_rows(summary: RunSummary) -> list[dict[str, Any]]:
+    """Accuracy by level and kind as flat rows (for a Prefect table artifact, the terminal, the
+    report and the dataset card)."""
     out = []
-    for level, cells in summary["by_level"].items():
+    for level, cells in summary.by_level.items():
         row: dict[str, Any] = {"level": level}
         for kind in schemas.KINDS:
             cell = cells.get(kind)
-            row[f"{kind}_accuracy"] = cell["accuracy"] if cell else None
-            row[f"{kind}_samples"] = cell["samples"] if cell else 0
+            row[f"{kind}_accuracy"] = cell.accuracy if cell else None
+            row[f"{kind}_samples"] = cell.samples if cell else 0
         out.append(row)
     total: dict[str, Any] = {"level": "all"}
     for kind in schemas.KINDS:
-        k = summary["by_kind"].get(kind)
-        total[f"{kind}_accuracy"] = k["accuracy"] if k else None
-        total[f"{kind}_samples"] = k["samples"] if k else 0
+        k = summary.by_kind.get(kind)
+        total[f"{kind}_accuracy"] = k.accuracy if k else None
+        total[f"{kind}_samples"] = k.samples if k else 0
     out.append(total)
     return out
 
@@ -152,6 +155,9 @@ def _table_rows(run: RunDir) -> dict[str, int]:
     return {name: parquet_rows(run.table(name)) if run.table(name).exists() else 0 for name in schemas.DATASETS}
 
 
+PAIR_TABLES = ("dpo", "dpo_expert", "dpo_self", "sft")
+
+
 def _hist(ax: Any, series: dict[str, np.ndarray], xlabel: str) -> None:
     data = {k: _floats(vs) for k, vs in series.items()}
     nonempty = [vs for vs in data.values() if vs.size]
@@ -196,11 +202,11 @@ def write_report(run: RunDir) -> str:
     out.mkdir(parents=True, exist_ok=True)
 
     # accuracy by level
-    levels = [lvl for lvl in summary["by_level"]]
+    levels = list(summary.by_level)
     fig, ax = plt.subplots(figsize=(7, 4))
     width = 0.38
     for k, kind in enumerate(schemas.KINDS):
-        acc = [(summary["by_level"][lvl].get(kind) or {}).get("accuracy") or 0.0 for lvl in levels]
+        acc = [(c.accuracy if (c := summary.by_level[lvl].get(kind)) else None) or 0.0 for lvl in levels]
         ax.bar([i + (k - 0.5) * width for i in range(len(levels))], acc, width, label=kind)
     ax.set_xticks(range(len(levels)), [f"level {lvl}" for lvl in levels])
     ax.set_ylim(0, 1)
@@ -241,17 +247,11 @@ def write_report(run: RunDir) -> str:
     _save(fig, out / PLOTS[2])
 
     # pairs per level
-    per_level: dict[str, dict[str, int]] = {}
-    for name in ("dpo", "dpo_expert", "dpo_self", "sft"):
-        folder = run.table(name)
-        if folder.exists() and parquet_files(folder):
-            counts = pl.scan_parquet(str(folder / "*.parquet")).group_by("level").len().collect()
-            for lvl, n in counts.iter_rows():
-                per_level.setdefault(name, {})[str(lvl) if lvl is not None else "none"] = int(n)
+    per_level = {name: counts for name in PAIR_TABLES if (counts := rows_by_level(run.table(name)))}
     all_levels = sorted({lvl for d in per_level.values() for lvl in d} | set(levels))
     fig, ax = plt.subplots(figsize=(7, 4))
     width = 0.2
-    for k, name in enumerate(("dpo", "dpo_expert", "dpo_self", "sft")):
+    for k, name in enumerate(PAIR_TABLES):
         vals = [per_level.get(name, {}).get(lvl, 0) for lvl in all_levels]
         ax.bar([i + (k - 1.5) * width for i in range(len(all_levels))], vals, width, label=name)
     ax.set_xticks(range(len(all_levels)), [f"level {lvl}" for lvl in all_levels])
@@ -304,7 +304,7 @@ def _save(fig: Any, path: Path) -> None:
 
 def _markdown(
     run: RunDir,
-    summary: dict[str, Any],
+    summary: RunSummary,
     rows: dict[str, int],
     per_level: dict[str, dict[str, int]],
     levels: list[str],
@@ -315,15 +315,13 @@ def _markdown(
     leak_total: int,
     reasons: pl.DataFrame,
 ) -> str:
-    doc = run.load_run_json() or {}
-    lines = [f"# ExPO run report: {doc.get('name', run.root.name)}", ""]
-    if doc.get("model"):
-        lines += [
-            f"Model `{doc['model'].get('id')}`, engine `{doc['model'].get('engine', doc.get('config', {}).get('model', {}).get('engine'))}`, "
-            f"prompt template `{doc.get('prompts', {}).get('version', '?')}`.",
-            "",
-        ]
-    lines += ["## Tables", "", "| table | rows |", "|---|---|", f"| samples | {summary['samples']} |"]
+    doc = run.read_doc()
+    lines = [f"# ExPO run report: {doc.name if doc else run.root.name}", ""]
+    if doc is not None and doc.model is not None:
+        engine = doc.model.engine or (doc.config.model.engine if doc.config else None)
+        template = doc.prompts.version if doc.prompts else "?"
+        lines += [f"Model `{doc.model.id}`, engine `{engine}`, prompt template `{template}`.", ""]
+    lines += ["## Tables", "", "| table | rows |", "|---|---|", f"| samples | {summary.samples} |"]
     lines += [f"| {name} | {n} |" for name, n in rows.items()]
     lines += ["", "## Accuracy by level", "", "| level | CoT | explanation |", "|---|---|---|"]
     for r in summary_table_rows(summary):
@@ -357,14 +355,13 @@ def _markdown(
     ]
     for lvl in levels:
         lines.append(f"| {lvl} | " + " | ".join(str(per_level[n].get(lvl, 0)) for n in per_level) + " |")
-    build = doc.get("build", {})
-    if build.get("problems"):
-        p = build["problems"]
-        lost = build.get("dpo_pairs_without_candidate", {})
+    if doc is not None and doc.build is not None and doc.build.problems is not None:
+        p = doc.build.problems
+        lost = doc.build.dpo_pairs_without_candidate
         lines += [
             "",
-            f"{p['paired']} of {p['total']} problems have an ExP-DPO pair; {p['without_verified_explanation']} have no "
-            f"verified explanation, {p['without_rejectable_cot']} no rejectable CoT. Pairs left out of dpo_expert "
+            f"{p.paired} of {p.total} problems have an ExP-DPO pair; {p.without_verified_explanation} have no "
+            f"verified explanation, {p.without_rejectable_cot} no rejectable CoT. Pairs left out of dpo_expert "
             f"(no expert solution): {lost.get('dpo_expert', 0)}; of dpo_self (no correct own CoT): {lost.get('dpo_self', 0)}.",
         ]
     lines += ["", "![pairs by level](pairs_by_level.png)", "", "## Hint leaks", ""]

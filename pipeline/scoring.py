@@ -24,6 +24,7 @@ from typing import Any
 
 from pipeline.answers import cut_before_answer
 from pipeline.engines import Engine
+from pipeline.engines.base import fits
 
 
 @dataclass(frozen=True)
@@ -63,7 +64,7 @@ def score_texts(engine: Engine, items: list[ScoreInput]) -> list[Scores]:
     slots: list[tuple[int, str]] = []  # (item index, "nll" | "answer")
     for i, item in enumerate(items):
         text_ids = _encode(tok, item.text)
-        if text_ids and len(item.prompt_ids) + len(text_ids) < limit:
+        if text_ids and fits(len(item.prompt_ids) + len(text_ids), limit):
             prefixes.append(item.prompt_ids)
             targets.append(text_ids)
             slots.append((i, "nll"))
@@ -74,7 +75,7 @@ def score_texts(engine: Engine, items: list[ScoreInput]) -> list[Scores]:
         cut_ids = _encode(tok, stripped)
         box_ids = _encode(tok, cut[len(stripped) :] + answer_target(item.gold))
         prefix = item.prompt_ids + cut_ids
-        if box_ids and len(prefix) + len(box_ids) < limit:
+        if box_ids and fits(len(prefix) + len(box_ids), limit):
             prefixes.append(prefix)
             targets.append(box_ids)
             slots.append((i, "answer"))

@@ -1,14 +1,16 @@
 """Credentials stay out of everything we write: files, logs, artifacts, error messages.
 
 Tokens are read from the environment or huggingface_hub's login, handed to huggingface_hub and
-nowhere else. As a second line, every message that leaves through an error or a log handler we own
-passes :func:`redact`, which masks any credential value this process knows of.
+nowhere else. As a second line, every error message the CLI prints passes :func:`redact`, and every
+log record the process creates is masked by :func:`install_log_redaction` (which every command
+installs), whatever logger or handler it goes to.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import threading
 
 # Environment variables that may hold a credential, whatever the tool that set them.
 SECRET_ENV_VARS = (
@@ -40,26 +42,50 @@ def redact(text: str) -> str:
     return text
 
 
-class RedactingFilter(logging.Filter):
-    """A log filter that masks credentials in the rendered message (args included)."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        secrets = known_secrets()
-        if not secrets:
-            return True
+def _redact_record(record: logging.LogRecord, secrets: list[str]) -> None:
+    """Mask credentials in a record's message (arguments included) and in its traceback, which
+    handlers would otherwise render from the exception itself."""
+    try:
         message = record.getMessage()
-        clean = message
+    except Exception:  # a malformed record: the handler reports it, as it would without us
+        return
+    clean = message
+    for secret in secrets:
+        clean = clean.replace(secret, MASK)
+    if clean != message:
+        record.msg, record.args = clean, None
+    if record.exc_info and record.exc_info[0] is not None and not record.exc_text:
+        text = logging.Formatter().formatException(record.exc_info)
         for secret in secrets:
-            clean = clean.replace(secret, MASK)
-        if clean != message:
-            record.msg, record.args = clean, None
-        return True
+            text = text.replace(secret, MASK)
+        record.exc_text = text
+
+
+_installed = False
+_busy = threading.local()  # looking up secrets may itself log: never recurse into the factory
 
 
 def install_log_redaction() -> None:
-    """Attach the filter to every handler of the root and Prefect loggers (handler filters see
-    records propagated from any child logger, logger filters do not)."""
-    for name in ("", "prefect"):
-        for handler in logging.getLogger(name).handlers:
-            if not any(isinstance(f, RedactingFilter) for f in handler.filters):
-                handler.addFilter(RedactingFilter())
+    """Mask credentials in every log record this process creates, whichever logger and handler it
+    goes to (our loggers, Prefect's console and API handlers, transformers'): the record factory is
+    the one place every record passes. Installed by the CLI for every command; idempotent."""
+    global _installed
+    if _installed:
+        return
+    make_record = logging.getLogRecordFactory()
+
+    def factory(*args: object, **kwargs: object) -> logging.LogRecord:
+        record = make_record(*args, **kwargs)
+        if getattr(_busy, "on", False):
+            return record
+        _busy.on = True
+        try:
+            secrets = known_secrets()
+            if secrets:
+                _redact_record(record, secrets)
+        finally:
+            _busy.on = False
+        return record
+
+    logging.setLogRecordFactory(factory)
+    _installed = True

@@ -9,14 +9,20 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 import tempfile
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
+from pydantic import ValidationError
 
 import schemas
+from pipeline.errors import RunDirError
+from pipeline.sources import RUN_DOC
+from schemas.run_doc import RunDoc
 
 SHARD_KEY_META = b"expo_data.shard_key"
 PENDING_STATS_META = b"expo_data.engine_stats"
@@ -82,7 +88,7 @@ def parquet_files(path: str | Path) -> list[Path]:
         return [path]
     if path.is_dir():
         return sorted(p for p in path.glob("*.parquet") if not p.name.startswith("."))
-    raise FileNotFoundError(f"no such table file or folder: {path}")
+    raise RunDirError(f"no such table file or folder: {path}")
 
 
 def read_table(path: str | Path, name: str) -> pa.Table:
@@ -109,55 +115,90 @@ def file_meta(path: str | Path, key: bytes) -> str | None:
     return value.decode() if value is not None else None
 
 
+def rows_by_level(path: str | Path) -> dict[str, int]:
+    """Rows of a table per ``level`` ("1".."5", "none" for rows without one), from the level column
+    only: what run.json, the report and the dataset card count."""
+    import polars as pl
+
+    files = [str(f) for f in parquet_files(path)] if Path(path).exists() else []
+    if not files:
+        return {}
+    frame = pl.scan_parquet(files)
+    if "level" not in frame.collect_schema().names():
+        return {}
+    counts = frame.group_by("level").len().collect()
+    return dict(sorted((("none" if lv is None else str(lv)), int(n)) for lv, n in counts.iter_rows()))
+
+
+def _shares_a_folder(path: str, root: str) -> bool:
+    """Whether two absolute paths meet below the filesystem root (a relative path between them then
+    names no folder outside what they share)."""
+    try:
+        common = os.path.commonpath([path, root])
+    except ValueError:  # different drives
+        return False
+    return common not in ("", os.sep) and os.path.dirname(common) != common
+
+
 class RunDir:
-    """Paths of one run. Names here are fixed by us, never derived from input data."""
+    """Paths of one run and the owner of its run.json. Names here are fixed by us (the table
+    registry in ``schemas``), never derived from input data."""
 
     def __init__(self, root: str | Path):
         self.root = Path(root)
 
-    @property
-    def run_json(self) -> Path:
-        return self.root / "run.json"
+    # -- tables --------------------------------------------------------------------------------
+
+    def folder(self, name: str) -> Path:
+        """The folder of a registered table; any other name (a path, a typo) is refused."""
+        return self.root / schemas.table_spec(name).name
+
+    def table(self, name: str) -> Path:
+        """The folder of a training set (dpo, grpo, ...)."""
+        if name not in schemas.DATASETS:
+            raise schemas.SchemaError(
+                f"not a dataset table: {name!r}; the training sets are {', '.join(schemas.DATASETS)}"
+            )
+        return self.folder(name)
+
+    def location(self, name: str) -> Path:
+        """Where a table's rows are: its one file, or its folder of shards."""
+        spec = schemas.table_spec(name)
+        return self.folder(name) / f"{name}.parquet" if spec.single_file else self.folder(name)
 
     @property
     def problems(self) -> Path:
-        return self.root / "problems" / "problems.parquet"
+        return self.location("problems")
 
     @property
     def problems_rejected(self) -> Path:
-        return self.root / "problems_rejected" / "problems_rejected.parquet"
+        return self.location("problems_rejected")
 
     @property
     def samples(self) -> Path:
-        return self.root / "samples"
+        return self.folder("samples")
 
     def shard(self, index: int) -> Path:
         return self.samples / f"shard-{index:05d}.parquet"
 
     @property
     def expert_scores(self) -> Path:
-        return self.root / "expert_scores"
+        return self.folder("expert_scores")
 
     def expert_shard(self, index: int) -> Path:
         return self.expert_scores / f"shard-{index:05d}.parquet"
 
-    def table(self, name: str) -> Path:
-        """The folder of a derived table (dpo, grpo, ...); names come from schemas.DATASETS only."""
-        if name not in schemas.DATASETS:
-            raise ValueError(f"not a dataset table: {name!r}")
-        return self.root / name
-
-    @property
-    def report(self) -> Path:
-        return self.root / "report"
-
     @property
     def samples_pending(self) -> Path:
-        return self.root / "samples_pending"
+        return self.folder("samples_pending")
 
     def pending_shard(self, index: int) -> Path:
         """A shard's rows between the engine stage and the verifier stage (no verdicts yet)."""
         return self.samples_pending / f"shard-{index:05d}.parquet"
+
+    @property
+    def report(self) -> Path:
+        return self.root / "report"
 
     def pending_done(self, index: int, key: str) -> bool:
         path = self.pending_shard(index)
@@ -168,10 +209,13 @@ class RunDir:
         path = self.shard(index)
         return path.exists() and file_meta(path, SHARD_KEY_META) == key
 
-    def load_run_json(self) -> dict[str, Any] | None:
-        if not self.run_json.exists():
-            return None
-        return json.loads(self.run_json.read_text())
+    def clear(self) -> None:
+        """Remove everything a run writes (and nothing else a user may keep in the folder)."""
+        for sub in [*schemas.REGISTRY, self.report.name]:
+            shutil.rmtree(self.root / sub, ignore_errors=True)
+            for staging in (f".{sub}.new", f".{sub}.old"):
+                shutil.rmtree(self.root / staging, ignore_errors=True)
+        self.run_json.unlink(missing_ok=True)
 
     def remove_stale_temp_files(self) -> list[Path]:
         """Delete the temp files of writes that a killed process left half-done (``.NAME.*.tmp``,
@@ -182,3 +226,99 @@ class RunDir:
         for p in stale:
             p.unlink(missing_ok=True)
         return stale
+
+    # -- run.json ------------------------------------------------------------------------------
+
+    @property
+    def run_json(self) -> Path:
+        return self.root / RUN_DOC
+
+    def read_doc(self) -> RunDoc | None:
+        """run.json as a :class:`RunDoc` with the config's paths absolute again; None when there is
+        none. A document that is not JSON, or lacks what every run.json has, fails naming it."""
+        if not self.run_json.exists():
+            return None
+        try:
+            raw = json.loads(self.run_json.read_text(encoding="utf-8"))
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise RunDirError(f"{self.run_json} is not valid JSON ({e}); --force-new starts the run over") from None
+        if not isinstance(raw, dict):
+            raise RunDirError(f"{self.run_json} is not a JSON object")
+        config = raw.get("config")
+        if isinstance(config, dict):
+            self._paths(config, absolute=True)
+        try:
+            return RunDoc.model_validate(raw)
+        except ValidationError as e:
+            problems = []
+            for err in e.errors():
+                key = ".".join(str(p) for p in err["loc"])
+                problems.append(f"missing {key!r}" if err["type"] == "missing" else f"{key}: {err['msg']}")
+            raise RunDirError(f"{self.run_json} cannot be read: {'; '.join(problems)}") from None
+
+    def require_doc(self) -> RunDoc:
+        """run.json of a run dir that must have one (publishing, rebuilding, inspecting)."""
+        doc = self.read_doc()
+        if doc is None:
+            raise RunDirError(f"{self.root} has no {RUN_DOC}: not a run dir (or the run has not started)")
+        return doc
+
+    def write_doc(self, doc: RunDoc) -> Path:
+        """Write run.json atomically, with the config's local paths relative to the run dir where
+        they share a folder with it, so a run dir moved together with its inputs still reads."""
+        data = doc.to_json()
+        if isinstance(data.get("config"), dict):
+            self._paths(data["config"], absolute=False)
+        return write_json(data, self.run_json)
+
+    def _paths(self, config: dict[str, Any], absolute: bool) -> None:
+        """Config paths between their two forms: absolute in memory, and on disk relative to the run
+        dir when they share a folder with it, always spelled ``.``, ``./x`` or ``../x`` (a Hub id
+        never starts with a dot, so the two cannot be confused)."""
+        from pipeline.config import PATH_FIELDS, get_dotted, set_dotted
+
+        root = str(self.root.resolve())
+        for dotted in PATH_FIELDS:
+            value = get_dotted(config, dotted)
+            if not isinstance(value, str) or not value:
+                continue
+            if absolute and (value == "." or value.startswith(("./", "../"))):
+                set_dotted(config, dotted, os.path.normpath(os.path.join(root, value)))
+            elif not absolute and os.path.isabs(value) and _shares_a_folder(value, root):
+                rel = os.path.relpath(value, root)
+                set_dotted(config, dotted, rel if rel == "." or rel.startswith("..") else f"./{rel}")
+
+
+def table_differences(
+    a: RunDir, b: RunDir, names: Iterable[str] | None = None, float_tolerant: Iterable[tuple[str, str]] = ()
+) -> list[str]:
+    """How two run dirs' tables differ in content: rows, columns and every value, in order. File
+    bytes are no test (they carry versions in their metadata); this is what "the same tables"
+    means. ``float_tolerant`` (table, column) pairs compare floats to a relative 1e-6."""
+    import math
+
+    tolerant = set(float_tolerant)
+    out: list[str] = []
+    for name in names or [s.name for s in schemas.RECORDED]:
+        pa_, pb = a.location(name), b.location(name)
+        if not pa_.exists() or not pb.exists():
+            if pa_.exists() != pb.exists():
+                out.append(f"{name}: only in {a.root if pa_.exists() else b.root}")
+            continue
+        ta, tb = read_table(pa_, name), read_table(pb, name)
+        if ta.num_rows != tb.num_rows:
+            out.append(f"{name}: {ta.num_rows} rows vs {tb.num_rows}")
+            continue
+        for column in ta.column_names:
+            x, y = ta.column(column).to_pylist(), tb.column(column).to_pylist()
+            if (name, column) in tolerant:
+                same = all(
+                    (u is None and v is None) or (u is not None and v is not None and math.isclose(u, v, rel_tol=1e-6))
+                    for u, v in zip(x, y, strict=True)
+                )
+            else:
+                same = x == y
+            if not same:
+                rows = sum(u != v for u, v in zip(x, y, strict=True))
+                out.append(f"{name}.{column}: {rows} of {ta.num_rows} rows differ")
+    return out

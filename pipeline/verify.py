@@ -2,9 +2,10 @@
 
 Why processes: Math-Verify's own timeouts use ``signal.alarm``, which raises in any thread but the
 main one (Prefect runs tasks in threads), and sympy can spin for minutes in C code that no signal
-interrupts. Each worker runs items in its main thread under a soft interval timer; the parent kills
-a worker that overruns the deadline plus a grace period, records ``timeout`` for the item it was on,
-and restarts it. Nothing here evaluates input text: parsing goes through Math-Verify/latex2sympy only.
+interrupts. Each worker (:mod:`pipeline.verify_worker`) runs items in its main thread under a soft
+interval timer; the parent kills a worker that overruns the deadline plus a grace period, records
+``timeout`` for the item it was on, and restarts it. Nothing here evaluates input text: parsing goes
+through Math-Verify/latex2sympy only.
 
 Gold answers are parsed once per problem: a job is one problem's gold plus all its predictions.
 A cheap normalised-string comparison settles exact copies (the common case for explanations)
@@ -14,10 +15,7 @@ without touching sympy.
 from __future__ import annotations
 
 import contextlib
-import json
 import os
-import re
-import signal
 import socket
 import subprocess
 import sys
@@ -30,12 +28,11 @@ from multiprocessing.connection import Connection, wait
 from pathlib import Path
 from typing import Any
 
-import schemas
-from pipeline.answers import last_boxed
+from pipeline.answers import fast_verdict, last_boxed
+from pipeline.errors import VerifierError
 
 VERIFIER_VERSION = "expo-verify-1"
 _PACKAGE_ROOT = str(Path(__file__).resolve().parent.parent)
-MAX_PARSED_CHARS = 400
 MAX_ANSWER_CHARS = 2000  # a "final answer" longer than this is not one; don't feed it to sympy
 
 
@@ -53,162 +50,6 @@ class GoldCheck:
     parsed: str | None
     reason: str | None = None  # unparseable_gold | gold_timeout | gold_error
     detail: str | None = None
-
-
-# ----------------------------------------------------------------------------------------------
-# Normalisation shared by the fast path and the parser input.
-
-_SPACING = re.compile(r"\\[,;:! ]|\\quad|\\qquad|~")
-_THOUSANDS = re.compile(r"(?<=\d)(?:\\,|\{,\}|\\ )(?=\d{3}(?!\d))")
-
-
-def clean_answer(text: str) -> str:
-    """Undo typography that changes no value: thin-space thousands separators, \\dfrac, \\left/\\right."""
-    s = text.strip()
-    s = _THOUSANDS.sub("", s)
-    s = s.replace("\\dfrac", "\\frac").replace("\\tfrac", "\\frac")
-    s = s.replace("\\left", "").replace("\\right", "")
-    return s
-
-
-def normalise(text: str) -> str:
-    """Conservative canonical string: equal strings here are certainly equal answers."""
-    s = clean_answer(text)
-    s = _SPACING.sub("", s)
-    s = s.replace("$", "").replace(" ", "")
-    s = s.rstrip(".")
-    return s
-
-
-_INT = re.compile(r"-?\d+")
-_INTERVAL = re.compile(r"([\[(])(-?\d+),(-?\d+)([\])])")
-
-
-def _literal(s: str) -> tuple | None:
-    """A normalised answer that is a plain integer, a set of plain integers or an interval with
-    integer ends, as a value that compares the way Math-Verify compares it; None for anything else."""
-    if _INT.fullmatch(s):
-        return ("int", int(s))
-    if s.startswith("\\{") and s.endswith("\\}"):
-        parts = s[2:-2].split(",")
-        if all(_INT.fullmatch(p) for p in parts):
-            return ("set", frozenset(int(p) for p in parts))
-        return None
-    m = _INTERVAL.fullmatch(s)
-    if m and m.group(1) + m.group(4) in ("[]", "[)", "(]"):  # "(a,b)" could be a point or a tuple
-        return ("interval", m.group(1), int(m.group(2)), int(m.group(3)), m.group(4))
-    return None
-
-
-def fast_verdict(gold: str, extracted: str) -> bool | None:
-    """True or False when plain string work settles it, None when sympy must decide: equal
-    normalised strings, or two integers, two integer sets, two integer-bounded intervals."""
-    g, e = normalise(gold), normalise(extracted)
-    if g == e:
-        return True
-    a, b = _literal(g), _literal(e)
-    if a is None or b is None or a[0] != b[0]:
-        return None
-    return a == b
-
-
-# ----------------------------------------------------------------------------------------------
-# Worker side. Runs in a separate process, in its main thread.
-
-
-class _Deadline(BaseException):
-    """Raised by the interval timer. A BaseException, so library `except Exception` can't eat it."""
-
-
-def _on_alarm(signum: int, frame: Any) -> None:
-    raise _Deadline()
-
-
-def _short(obj: Any) -> str:
-    s = str(obj)
-    return s if len(s) <= MAX_PARSED_CHARS else s[:MAX_PARSED_CHARS] + "..."
-
-
-def _parse(text: str) -> list[Any]:
-    from math_verify import parse
-
-    return parse("\\boxed{" + clean_answer(text) + "}", parsing_timeout=None)
-
-
-def _equivalent(gold: list[Any], pred: list[Any]) -> bool:
-    from math_verify import verify
-
-    # Gold first: Math-Verify is deliberately asymmetric.
-    return bool(verify(gold, pred, timeout_seconds=None))
-
-
-def _worker_main(conn: Connection, soft_timeout_s: float, memory_limit_mb: int) -> None:
-    if memory_limit_mb > 0:
-        try:
-            import resource
-
-            limit = memory_limit_mb * 1024 * 1024
-            resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
-        except (ImportError, ValueError, OSError):
-            pass
-    import logging
-
-    logging.getLogger("math_verify").setLevel(logging.ERROR)
-    import math_verify  # noqa: F401 - import once, before the first deadline starts ticking
-
-    signal.signal(signal.SIGALRM, _on_alarm)
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent owns Ctrl-C and shuts us down
-
-    def guarded(fn: Any, *args: Any) -> tuple[str, Any]:
-        signal.setitimer(signal.ITIMER_REAL, soft_timeout_s)
-        try:
-            return "ok", fn(*args)
-        except _Deadline:
-            return "timeout", None
-        except MemoryError:
-            return "error", "memory limit exceeded"
-        except RecursionError:
-            return "error", "recursion limit exceeded"
-        except Exception as e:
-            return "error", f"{type(e).__name__}: {_short(e)}"
-        finally:
-            signal.setitimer(signal.ITIMER_REAL, 0)
-
-    conn.send(("ready",))
-    while True:
-        try:
-            msg = conn.recv()
-        except (EOFError, OSError):
-            return
-        if msg is None:
-            return
-        gold, items = msg
-        status, gold_parsed = guarded(_parse, gold)
-        if status == "ok" and not any(not isinstance(x, str) for x in gold_parsed):
-            # Only Math-Verify's raw-string fallback matched: nothing a prediction can be compared to.
-            conn.send(("gold", "unparseable", None))
-            continue
-        if status != "ok":
-            conn.send(("gold", status, gold_parsed))
-            continue
-        conn.send(("gold", "ok", _short(gold_parsed[0])))
-        for extracted in items:
-            status, pred = guarded(_parse, extracted)
-            if status != "ok":
-                conn.send(("item", status, None, pred))
-                continue
-            if not pred:
-                conn.send(("item", "incorrect", None, "answer could not be parsed"))
-                continue
-            status, same = guarded(_equivalent, gold_parsed, pred)
-            if status != "ok":
-                conn.send(("item", status, _short(pred[0]), same))
-            else:
-                conn.send(("item", "correct" if same else "incorrect", _short(pred[0]), None))
-
-
-# ----------------------------------------------------------------------------------------------
-# Parent side.
 
 
 @dataclass
@@ -266,7 +107,7 @@ class VerifierPool:
         cmd = [
             sys.executable,
             "-m",
-            "pipeline.verify",
+            "pipeline.verify_worker",
             "--worker",
             str(child_sock.fileno()),
             repr(self.soft_timeout_s),
@@ -278,11 +119,11 @@ class VerifierPool:
         conn = Connection(parent_sock.detach())
         if not conn.poll(120):
             proc.kill()
-            raise RuntimeError("verifier worker did not start within 120 s")
+            raise VerifierError("verifier worker did not start within 120 s")
         try:
             conn.recv()
         except EOFError:
-            raise RuntimeError(f"verifier worker exited at start (exit code {proc.wait()})") from None
+            raise VerifierError(f"verifier worker exited at start (exit code {proc.wait()})") from None
         return _Worker(process=proc, conn=conn)
 
     def _ensure_started(self) -> None:
@@ -465,92 +306,6 @@ class VerifierPool:
         w.process, w.conn, w.job, w.next_item = fresh.process, fresh.conn, None, 0
 
 
-# ----------------------------------------------------------------------------------------------
-# `expo-data verify FILE`: the verifier as a standalone tool for users' own outputs.
-
-
-def read_rows(path: Path) -> list[dict[str, Any]]:
-    suffix = path.suffix.lower()
-    if suffix == ".parquet":
-        import pyarrow.parquet as pq
-
-        return pq.read_table(path).to_pylist()
-    if suffix in (".jsonl", ".json"):
-        rows = []
-        with path.open("rb") as fh:
-            for n, raw in enumerate(fh, start=1):
-                if not raw.strip():
-                    continue
-                try:
-                    row = json.loads(raw)
-                except (json.JSONDecodeError, UnicodeDecodeError) as e:
-                    raise ValueError(f"{path}:{n}: not a JSON object ({e})") from None
-                if not isinstance(row, dict):
-                    raise ValueError(f"{path}:{n}: expected a JSON object, got {type(row).__name__}")
-                rows.append(row)
-        return rows
-    raise ValueError(f"{path}: unsupported file type {suffix!r} (use .jsonl or .parquet)")
-
-
-def default_output(path: Path) -> Path:
-    return path.with_name(f"{path.stem}.verified{path.suffix}")
-
-
-def verify_file(
-    path: str | Path,
-    out: str | Path | None = None,
-    gold_key: str = "gold",
-    prediction_key: str = "prediction",
-    workers: int = 2,
-    timeout_s: float = 5.0,
-) -> tuple[Path, dict[str, int]]:
-    """Verify every row's prediction against its gold; write the rows back with verdict columns."""
-    path = Path(path)
-    rows = read_rows(path)
-    for n, row in enumerate(rows, start=1):
-        for key in (gold_key, prediction_key):
-            if key not in row:
-                raise ValueError(f"{path}: row {n} has no {key!r} field (fields: {', '.join(map(str, row))})")
-            if row[key] is not None and not isinstance(row[key], str):
-                row[key] = str(row[key])
-    groups: dict[str, list[int]] = {}
-    for n, row in enumerate(rows):
-        if row[gold_key] is not None:
-            groups.setdefault(row[gold_key], []).append(n)
-    verdicts: list[Verdict] = [Verdict("error", None, None, "gold is missing")] * len(rows)
-    with VerifierPool(workers=workers, timeout_s=timeout_s) as pool:
-        keys = list(groups)
-        results = pool.verify_groups([(g, [rows[n][prediction_key] or "" for n in groups[g]]) for g in keys])
-    for g, vs in zip(keys, results, strict=True):
-        for n, v in zip(groups[g], vs, strict=True):
-            verdicts[n] = v
-    counts: dict[str, int] = {}
-    for row, v in zip(rows, verdicts, strict=True):
-        # Column names come from schemas.VERIFIED: verdict, extracted, parsed_answer, verdict_detail.
-        row.update(zip(schemas.VERIFIED.names, (v.verdict, v.extracted, v.parsed, v.detail), strict=True))
-        counts[v.verdict] = counts.get(v.verdict, 0) + 1
-    target = Path(out) if out else default_output(path)
-    from pipeline.store import atomic_write
-
-    if target.suffix.lower() == ".parquet":
-        import pyarrow as pa
-        import pyarrow.parquet as pq
-
-        table = pa.Table.from_pylist(rows)
-        for f in schemas.VERIFIED:
-            table = table.set_column(table.schema.get_field_index(f.name), f, table.column(f.name).cast(f.type))
-        atomic_write(target, lambda tmp: pq.write_table(table, tmp))
-    else:
-        text = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
-
-        def write(tmp: str) -> None:
-            with open(tmp, "w", encoding="utf-8") as fh:
-                fh.write(text)
-
-        atomic_write(target, write)
-    return target, counts
-
-
 _SHARED: dict[tuple[int, float], VerifierPool] = {}
 _SHARED_LOCK = threading.Lock()
 
@@ -574,7 +329,3 @@ def close_shared_pools() -> None:
         _SHARED.clear()
     for pool in pools:
         pool.close()
-
-
-if __name__ == "__main__" and len(sys.argv) == 5 and sys.argv[1] == "--worker":
-    _worker_main(Connection(int(sys.argv[2])), float(sys.argv[3]), int(sys.argv[4]))

@@ -7,7 +7,11 @@ KeyError deep inside a trainer. Each schema carries its table name and version i
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import pyarrow as pa
+
+from pipeline.errors import SchemaError
 
 META_TABLE = b"expo_data.table"
 META_VERSION = b"expo_data.schema_version"
@@ -201,34 +205,71 @@ SAMPLES_PENDING = pa.schema(
 """A samples shard between the engine stage and the verifier stage: verdict is null until verified
 (``error`` where the engine failed). Internal to a run dir, never published."""
 
-TABLES: dict[str, pa.Schema] = {
-    "problems": PROBLEMS,
-    "problems_rejected": PROBLEMS_REJECTED,
-    "samples": SAMPLES,
-    "samples_pending": SAMPLES_PENDING,
-    "expert_scores": EXPERT_SCORES,
-    "dpo": DPO,
-    "dpo_expert": DPO_EXPERT,
-    "dpo_self": DPO_SELF,
-    "grpo": GRPO,
-    "sft": SFT,
-}
-DATASETS = ("dpo", "dpo_expert", "dpo_self", "grpo", "sft")
+
+@dataclass(frozen=True)
+class TableSpec:
+    """A table of a run dir: its schema, its folder (named like the table), whether it is one file or
+    a folder of shards, whether it stays in a finished run (``recorded`` in run.json) and is
+    ``published``."""
+
+    schema: pa.Schema
+    description: str
+    single_file: bool = False
+    recorded: bool = True
+    published: bool = True
+    dataset: bool = False
+
+    @property
+    def name(self) -> str:
+        return self.schema.metadata[META_TABLE].decode()
+
+
+_SPECS = (
+    TableSpec(PROBLEMS, "the problems, gold answers, expert solutions and their scores", single_file=True),
+    TableSpec(PROBLEMS_REJECTED, "input rows that failed validation, with a reason", single_file=True),
+    TableSpec(SAMPLES, "every generated text with its verdict and scores"),
+    TableSpec(
+        SAMPLES_PENDING,
+        "a shard between its engine stage and its verifier stage",
+        recorded=False,
+        published=False,
+    ),
+    TableSpec(EXPERT_SCORES, "the two scores of each expert solution (joined into problems)", published=False),
+    TableSpec(
+        DPO, "ExP-DPO pairs: chosen = a verified self-explanation, rejected = an own incorrect CoT", dataset=True
+    ),
+    TableSpec(DPO_EXPERT, "baseline pairs: chosen = the expert solution, same rejected rows as `dpo`", dataset=True),
+    TableSpec(DPO_SELF, "baseline pairs: chosen = an own correct CoT, same rejected rows as `dpo`", dataset=True),
+    TableSpec(GRPO, "one row per problem: G rollouts, rewards, advantages, verl fields, the explanation", dataset=True),
+    TableSpec(SFT, "ExP-SFT: verified explanations as prompt/completion", dataset=True),
+)
+REGISTRY: dict[str, TableSpec] = {spec.name: spec for spec in _SPECS}
+TABLES: dict[str, pa.Schema] = {spec.name: spec.schema for spec in _SPECS}
+"""Every table a run dir holds, in run-dir order: the one list the run dir, the manifest, the CLI,
+publishing and the report walk."""
+
+DATASETS = tuple(s.name for s in _SPECS if s.dataset)
 """The training sets, each its own folder in the run dir and its own config on the Hub."""
+PUBLISHED = (*DATASETS, *(s.name for s in _SPECS if s.published and not s.dataset))
+"""Published tables, the default config (``dpo``) first."""
+RECORDED = tuple(s for s in _SPECS if s.recorded)
+SHOWN = tuple(s.name for s in _SPECS if s.published)
+"""The tables a person looks at (inspect, the end of a run), in run-dir order."""
 
 VERDICTS = ("correct", "incorrect", "no_answer", "timeout", "error")
 KINDS = ("cot", "explanation")
 
 
-class SchemaError(ValueError):
-    """A table does not match the schema its reader expects."""
+def table_spec(name: str) -> TableSpec:
+    """The registered table of this name; any other name (a path, a typo) is refused."""
+    try:
+        return REGISTRY[name]
+    except KeyError:
+        raise SchemaError(f"unknown table {name!r}; known: {', '.join(REGISTRY)}") from None
 
 
 def schema(name: str) -> pa.Schema:
-    try:
-        return TABLES[name]
-    except KeyError:
-        raise SchemaError(f"unknown table {name!r}; known: {', '.join(sorted(TABLES))}") from None
+    return table_spec(name).schema
 
 
 def version(s: pa.Schema) -> int | None:

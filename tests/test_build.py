@@ -8,8 +8,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import schemas
-from pipeline.build import build_datasets, finalize_problems
+from pipeline.build import build_datasets
 from pipeline.config import BuildConfig
+from pipeline.problem_table import finalize_problems
 from pipeline.store import RunDir, read_table, write_parquet
 
 PROMPT = [{"role": "user", "content": "q?\nPlease reason step by step, and put your final answer within \\boxed{}."}]
@@ -129,7 +130,7 @@ def test_hint_leaks_are_excluded_unless_allowed(tmp_path):
     stats = build_datasets(run, BuildConfig())
     assert _read(run, "dpo")[0]["chosen_sample_id"] == "a/explanation/1"
     assert [r["sample_id"] for r in _read(run, "sft")] == ["a/explanation/1"]
-    assert stats["hint_leaks"] == {"explanations": 2, "hint_leaks": 1, "correct_leaks": 1}
+    assert stats.hint_leaks.model_dump() == {"explanations": 2, "hint_leaks": 1, "correct_leaks": 1}
     build_datasets(run, BuildConfig(include_hint_leaks=True))
     assert _read(run, "dpo")[0]["chosen_sample_id"] == "a/explanation/0"
 
@@ -162,8 +163,8 @@ def test_three_dpo_sets_share_rejected_rows_and_count_what_is_missing(tmp_path):
     assert expert[0]["chosen"] == [{"role": "assistant", "content": "so \\boxed{1}"}]
     assert expert[0]["chosen_sample_id"] is None
     assert own[0]["chosen_sample_id"] == "a/cot/1"
-    assert stats["dpo_pairs_without_candidate"] == {"dpo_expert": 1, "dpo_self": 1}
-    assert stats["problems"]["without_verified_explanation"] == 1 and stats["problems"]["paired"] == 2
+    assert stats.dpo_pairs_without_candidate == {"dpo_expert": 1, "dpo_self": 1}
+    assert stats.problems.without_verified_explanation == 1 and stats.problems.paired == 2
 
 
 def test_grpo_advantages_by_hand(tmp_path):
@@ -195,7 +196,7 @@ def test_output_follows_problem_order_across_shards(tmp_path):
     run = _run(tmp_path, [_problem("z"), _problem("a")], [shard0, shard1])
     stats = build_datasets(run, BuildConfig())
     assert [r["problem_id"] for r in _read(run, "dpo")] == ["z", "a"]
-    assert stats["rows"] == {"dpo": 2, "dpo_expert": 2, "dpo_self": 0, "grpo": 2, "sft": 2}
+    assert stats.rows == {"dpo": 2, "dpo_expert": 2, "dpo_self": 0, "grpo": 2, "sft": 2}
     assert sorted(p.name for p in run.table("dpo").iterdir()) == ["part-00000.parquet", "part-00001.parquet"]
 
 
@@ -239,7 +240,7 @@ def test_finalize_problems_joins_expert_scores(tmp_path):
 
 def test_the_builder_reads_only_the_row_groups_of_a_shards_problems(tmp_path):
     """Problems are written in row groups; a shard's build decodes the groups its problems sit in."""
-    from pipeline.build import ProblemIndex
+    from pipeline.problem_table import ProblemIndex
     from pipeline.store import PROBLEMS_ROW_GROUP
 
     n = PROBLEMS_ROW_GROUP * 3 + 5

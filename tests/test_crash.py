@@ -121,7 +121,7 @@ def test_an_engine_crash_is_retried_with_a_fresh_engine_and_a_persistent_one_nam
     from flows.generate import generate_flow
     from pipeline import engines
     from pipeline.config import load_config
-    from pipeline.generate import ShardFailedError
+    from pipeline.errors import ShardFailedError
 
     config = str(ROOT / "data" / "quickstart.yaml")
     settings = ["model.engine=hf", "problems.limit=8", "generation.sampling.max_tokens=32", "retries.delay_s=0"]
@@ -146,16 +146,16 @@ def test_an_engine_crash_is_retried_with_a_fresh_engine_and_a_persistent_one_nam
 def test_prefect_cache_key_follows_our_done_marker(quickstart_run, tmp_path):
     import shutil
 
-    from flows.generate import _shard_cache_key
+    from flows.executors import RESULT_FORMAT, _shard_cache_key
     from pipeline import __version__
-    from pipeline import generate as gen
+    from pipeline import stages as gen
     from pipeline.config import load_config
     from pipeline.store import RunDir
 
     cfg = load_config(ROOT / "data" / "quickstart.yaml", [f"output_dir={quickstart_run.root}"])
     plans = gen.plan_shards(cfg, quickstart_run)
     key = _shard_cache_key(None, {"plan": plans[0], "run": quickstart_run})
-    assert plans[0].key in key and key.endswith(__version__)
+    assert plans[0].key in key and key.endswith(f"{__version__}-{RESULT_FORMAT}")
     copy = RunDir(shutil.copytree(quickstart_run.root, tmp_path / "copy"))
     other = _shard_cache_key(None, {"plan": plans[0], "run": copy})
     assert other is not None and other != key  # one run's cache never answers for another's

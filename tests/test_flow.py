@@ -8,7 +8,7 @@ import pytest
 from typer.testing import CliRunner
 
 import schemas
-from pipeline.generate import RunDirConflictError
+from pipeline.errors import RunDirConflictError
 from pipeline.store import RunDir, read_table
 
 from .conftest import DATA, QUICKSTART

@@ -144,10 +144,11 @@ def test_names_that_become_paths_cannot_escape(name, tmp_path):
 
 
 def test_tables_are_looked_up_by_known_names_only(tmp_path):
+    from pipeline.errors import SchemaError, TrainDataError
     from pipeline.store import RunDir
-    from pipeline.train.data import TrainDataError, load_table
+    from pipeline.train.data import load_table
 
-    with pytest.raises(ValueError, match="not a dataset table"):
+    with pytest.raises(SchemaError, match="not a dataset table"):
         RunDir(tmp_path).table("../../etc")
     with pytest.raises(TrainDataError, match="unknown table"):
         load_table(str(tmp_path), "../problems")

@@ -8,16 +8,20 @@ import shutil
 import pyarrow.parquet as pq
 import pytest
 
-from pipeline import generate as gen
+from pipeline import stages as gen
 from pipeline.config import load_config
 from pipeline.engines import get_engine
+from pipeline.errors import RunDirError
 from pipeline.store import RunDir
+from pipeline.timeline import stage_timeline
+from schemas.run_doc import ShardRecord, StageTimeline
 
 from .conftest import QUICKSTART
 
 
 def _stats(index, generate, score, verify, write):
-    return {"index": index, "stages": {"generate": generate, "score": score, "verify": verify, "write": write}}
+    stages = {"generate": generate, "score": score, "verify": verify, "write": write}
+    return ShardRecord(index=index, key="k", stages=stages)
 
 
 def test_stage_timeline_measures_engine_busy_time_and_overlap():
@@ -25,22 +29,22 @@ def test_stage_timeline_measures_engine_busy_time_and_overlap():
     stats = [
         _stats(0, [0, 8], [8, 10], [10, 13], [13, 14]),
         _stats(1, [10, 18], [18, 20], [20, 22], [22, 23]),
-        {"index": 2, "skipped": True},
+        ShardRecord(index=2, key="k"),  # a shard this invocation did not run: no stages
     ]
-    t = gen.stage_timeline(stats)
-    assert t == {
-        "shards": 2,
-        "span_s": 23.0,
-        "engine_busy_s": 20.0,
-        "verifier_busy_s": 7.0,
-        "overlap_s": 4.0,
-        "engine_utilisation": round(20 / 23, 4),
-    }
+    t = stage_timeline(stats)
+    assert t == StageTimeline(
+        shards=2,
+        span_s=23.0,
+        engine_busy_s=20.0,
+        verifier_busy_s=7.0,
+        overlap_s=4.0,
+        engine_utilisation=round(20 / 23, 4),
+    )
     # Run one after the other, nothing overlaps and the engine idles during each verification.
     serial = [_stats(0, [0, 8], [8, 10], [10, 13], [13, 14]), _stats(1, [14, 22], [22, 24], [24, 26], [26, 27])]
-    t = gen.stage_timeline(serial)
-    assert t["overlap_s"] == 0.0 and t["engine_busy_s"] == 20.0 and t["span_s"] == 27.0
-    assert gen.stage_timeline([{"index": 0, "skipped": True}]) == {"shards": 0}
+    t = stage_timeline(serial)
+    assert t.overlap_s == 0.0 and t.engine_busy_s == 20.0 and t.span_s == 27.0
+    assert stage_timeline([ShardRecord(index=0, key="k")]) == StageTimeline(shards=0)
 
 
 @pytest.mark.slow
@@ -106,17 +110,18 @@ def test_a_generated_shard_is_verified_after_a_crash_without_the_engine(quicksta
     assert gen.needs_engine(run, plan)
     engine = get_engine(cfg.model, seed=cfg.generation.sampling.seed)
     generated = gen.generate_shard(cfg, run, plan, engine)
-    assert generated["rows"] == original.num_rows and not run.shard(1).exists()
+    assert generated.record.rows == original.num_rows and not run.shard(1).exists()
     pending = pq.read_table(run.pending_shard(1))
     assert pending.schema.metadata[b"expo_data.table"] == b"samples_pending"
     assert pending.column("verdict").null_count == pending.num_rows  # no verdicts yet
     # "Crash" here; the next invocation sees the pending file and needs no engine.
     assert not gen.needs_engine(run, plan)
-    assert gen.generate_shard(cfg, run, plan, None)["resumed"] is True
-    stats = gen.finish_shard(cfg, run, plan, pool)
-    assert stats["generate_s"] == generated["generate_s"]  # the engine stage's stats came along
+    assert gen.generate_shard(cfg, run, plan, None).resumed is True
+    finished = gen.finish_shard(cfg, run, plan, pool)
+    assert finished.record.generate_s == generated.record.generate_s  # the engine stage's stats came along
+    assert finished.engine == generated.engine
     assert pq.read_table(run.shard(1)).equals(original)
     assert not run.pending_shard(1).exists()
-    with pytest.raises(FileNotFoundError, match="no generated rows"):
+    with pytest.raises(RunDirError, match="no generated rows"):
         run.shard(1).unlink()
         gen.finish_shard(cfg, run, plan, pool)

@@ -6,16 +6,10 @@ import pytest
 
 import schemas
 from pipeline.config import ColumnMap, ProblemsConfig
-from pipeline.problems import (
-    HUB_DATASETS,
-    MATH_SUBJECTS,
-    ProblemsError,
-    detect_format,
-    iter_source,
-    load_problems,
-    parse_level,
-    subject_key,
-)
+from pipeline.errors import ProblemsError, SourceNotFoundError
+from pipeline.problems import load_problems
+from pipeline.problems.adapters import detect_format, parse_level, subject_key
+from pipeline.problems.readers import HUB_DATASETS, MATH_SUBJECTS, iter_source
 
 from .conftest import DATA
 
@@ -127,7 +121,7 @@ def test_nothing_valid_is_a_clear_error(pool, tmp_path):
     (tmp_path / "empty.jsonl").write_text("")
     with pytest.raises(ProblemsError, match="has no rows"):
         load(pool, source=str(tmp_path / "empty.jsonl"))
-    with pytest.raises(ProblemsError, match="not found"):
+    with pytest.raises(SourceNotFoundError, match="problem source not found"):
         load(pool, source=str(tmp_path / "nope.jsonl"))
     (tmp_path / "x.csv").write_text("a,b\n")
     with pytest.raises(ProblemsError, match="unsupported file type"):

@@ -1,5 +1,6 @@
 import pytest
 
+from pipeline.errors import ConfigError, ModelError
 from pipeline.prompts import EXPO_V1, INSTRUCTION, PromptTemplate, get_template, render_chat
 
 
@@ -43,7 +44,7 @@ def test_template_validation():
         PromptTemplate("x", "{question}", "The answer is {answer}.")
     with pytest.raises(ValueError, match="exactly once"):
         PromptTemplate("x", "{question}\n{hint}", "no answer slot")
-    with pytest.raises(ValueError, match="unknown prompt template"):
+    with pytest.raises(ConfigError, match="unknown prompt template"):
         get_template("nope")
     with pytest.raises(ValueError, match="needs the gold answer"):
         EXPO_V1.messages("explanation", "q")
@@ -58,5 +59,5 @@ def test_render_requires_a_chat_template():
     class NoTemplate:
         chat_template = None
 
-    with pytest.raises(ValueError, match="no chat template"):
+    with pytest.raises(ModelError, match="no chat template"):
         render_chat(NoTemplate(), [{"role": "user", "content": "x"}])

@@ -103,18 +103,6 @@ def test_no_written_file_contains_the_token(quickstart_run, tmp_path, monkeypatc
                 assert FAKE_TOKEN.encode() not in f.read_bytes(), f
 
 
-def test_redaction_masks_known_credentials(monkeypatch):
-    import logging
-
-    from pipeline.secrets import RedactingFilter, redact
-
-    monkeypatch.setenv("HF_TOKEN", FAKE_TOKEN)
-    assert redact(f"401 for Bearer {FAKE_TOKEN}") == "401 for Bearer ***"
-    record = logging.LogRecord("x", logging.ERROR, __file__, 1, "header %s", (FAKE_TOKEN,), None)
-    RedactingFilter().filter(record)
-    assert record.getMessage() == "header ***"
-
-
 # ----------------------------------------------------------------------------------------------
 # The commit, against a local endpoint (HF_ENDPOINT), in a fresh process as a user would run it
 
@@ -162,7 +150,15 @@ def test_publish_makes_one_commit_with_the_release_files(quickstart_run, hub, tm
     # The token went to the endpoint, as a header, and nowhere we write or print.
     assert all(c.authorization == f"Bearer {FAKE_TOKEN}" for c in hub.calls if c.method != "HEAD")
     assert FAKE_TOKEN not in proc.stdout + proc.stderr
-    assert hub.files["run.json"] == (quickstart_run.root / "run.json").read_bytes()
+    # run.json goes out with the publisher's folders reduced to their last part.
+    published = json.loads(hub.files["run.json"])
+    local = json.loads((quickstart_run.root / "run.json").read_text())
+    assert published["tables"] == local["tables"] and published["summary"] == local["summary"]
+    assert str(ROOT) in json.dumps(local)  # the model and problems live outside the run dir's folders
+    text = hub.files["run.json"].decode()
+    assert str(ROOT) not in text and "/tmp/" not in text
+    assert published["config"]["model"]["path"] == "tiny-model"
+    assert published["config"]["problems"]["source"] == "math.jsonl"
 
 
 def test_republish_merges_the_card_and_removes_stale_files(quickstart_run, hub, tmp_path):
@@ -191,26 +187,22 @@ def test_a_failed_commit_changes_nothing_and_its_error_carries_no_token(quicksta
 
 
 def _same_tables(a: Path, b: Path, names) -> None:
-    import pyarrow.parquet as pq
+    from pipeline.store import RunDir, table_differences
 
-    for name in names:
-        ta = pq.ParquetDataset(sorted((a / name).glob("*.parquet"))).read()
-        tb = pq.ParquetDataset(sorted((b / name).glob("*.parquet"))).read()
-        assert ta.to_pylist() == tb.to_pylist(), name
+    assert table_differences(RunDir(a), RunDir(b), names) == []
 
 
 def test_builders_cut_the_same_sets_from_a_published_folder(quickstart_run, tmp_path):
-    from pipeline.build import materialize, rebuild
-    from pipeline.config import BuildConfig
+    from pipeline.rebuild import materialize, rebuild
 
     _stage(quickstart_run, tmp_path / "rel")
-    doc = json.loads((quickstart_run.root / "run.json").read_text())
+    doc = quickstart_run.read_doc()
     run = materialize(tmp_path / "rel", tmp_path / "rebuilt")
-    stats = rebuild(run, BuildConfig.model_validate(doc["config"]["build"]))
-    assert stats["rows"] == doc["build"]["rows"]
+    stats = rebuild(run, doc.config.build)
+    assert stats.rows == doc.build.rows
     _same_tables(quickstart_run.root, run.root, ["dpo", "dpo_expert", "dpo_self", "grpo", "sft"])
-    more = rebuild(run, BuildConfig(pairs_per_problem=2))
-    assert more["rows"]["dpo"] > stats["rows"]["dpo"]
+    more = rebuild(run, doc.config.build.model_copy(update={"pairs_per_problem": 2}))
+    assert more.rows["dpo"] > stats.rows["dpo"]
     assert json.loads((run.root / "run.json").read_text())["config"]["build"]["pairs_per_problem"] == 2
 
 

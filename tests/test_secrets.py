@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import json
 import logging
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
-pytestmark = pytest.mark.slow
 ROOT = Path(__file__).resolve().parent.parent
 FAKE = "hf_SECRETsecretSECRETsecret987654"
 
@@ -19,15 +22,29 @@ def _files(*roots: Path):
                 yield f
 
 
+def test_redaction_masks_messages_arguments_and_tracebacks(monkeypatch):
+    from pipeline.secrets import install_log_redaction, redact
+
+    monkeypatch.setenv("HF_TOKEN", FAKE)
+    assert redact(f"401 for Bearer {FAKE}") == "401 for Bearer ***"
+    install_log_redaction()  # what every command does first
+    logger = logging.getLogger("any.library")
+    try:
+        raise RuntimeError(f"proxy said: token {FAKE} refused")
+    except RuntimeError:
+        record = logger.makeRecord("any.library", logging.ERROR, __file__, 1, "header %s", (FAKE,), sys.exc_info())
+    rendered = logging.Formatter().format(record)
+    assert record.getMessage() == "header ***" and FAKE not in rendered and "token *** refused" in rendered
+
+
+@pytest.mark.slow
 def test_the_pipeline_never_writes_or_logs_the_token(tmp_path, monkeypatch, caplog, capfd, prefect_harness):
     from flows.generate import generate_flow
     from flows.publish import publish_flow
     from flows.train import train_flow
-    from pipeline.secrets import install_log_redaction
 
     monkeypatch.setenv("HF_TOKEN", FAKE)
     monkeypatch.setenv("WANDB_API_KEY", FAKE[::-1])
-    install_log_redaction()
     caplog.set_level(logging.DEBUG)
     run = tmp_path / "run"
     generate_flow(
@@ -45,3 +62,37 @@ def test_the_pipeline_never_writes_or_logs_the_token(tmp_path, monkeypatch, capl
     logs = "\n".join(r.getMessage() for r in caplog.records)
     for text in (out, err, logs):
         assert FAKE not in text and FAKE[::-1] not in text
+
+
+@pytest.mark.slow
+def test_a_command_masks_the_token_in_its_own_and_prefects_log_records(tmp_path):
+    """`expo-data run -v` on a problem file whose path holds the token: the flow logs that path,
+    Prefect logs the failure with its traceback, and the command prints its error. Every one of
+    them goes through the logging and terminal setup the command itself installs."""
+    folder = tmp_path / FAKE
+    folder.mkdir()
+    (folder / "bad.jsonl").write_text(json.dumps({"problem": "", "solution": "\\boxed{1}"}) + "\n")
+    env = {
+        **os.environ,
+        "HF_TOKEN": FAKE,
+        "PREFECT_HOME": str(tmp_path / "prefect"),
+        "PREFECT_LOGGING_LEVEL": "INFO",
+    }
+    env.pop("PREFECT_API_URL", None)
+    cmd = [
+        str(Path(sys.executable).parent / "expo-data"),
+        "run",
+        str(ROOT / "data" / "quickstart.yaml"),
+        "-v",
+        "--set",
+        f"problems.source={folder / 'bad.jsonl'}",
+        "--set",
+        f"output_dir={tmp_path / 'run'}",
+    ]
+    proc = subprocess.run(cmd, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    output = proc.stdout + proc.stderr
+    assert proc.returncode == 2, output
+    assert FAKE not in output
+    assert "Traceback" in output  # Prefect's own record of the failure, traceback included...
+    assert "***/bad.jsonl" in output  # ...with the path masked, as in our log line and error message
+    assert "no valid problems" in output

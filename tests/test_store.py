@@ -3,6 +3,7 @@ import pyarrow.parquet as pq
 import pytest
 
 import schemas
+from pipeline.errors import RunDirError
 from pipeline.store import RunDir, read_table, write_parquet
 
 
@@ -55,7 +56,7 @@ def test_readers_name_what_is_wrong(tmp_path):
     pq.write_table(wrong, tmp_path / "w.parquet")
     with pytest.raises(schemas.SchemaError, match=r"wrong type: level \(string, expected int8\)"):
         read_table(tmp_path / "w.parquet", "problems")
-    with pytest.raises(FileNotFoundError):
+    with pytest.raises(RunDirError):
         read_table(tmp_path / "nope", "problems")
 
 
@@ -85,7 +86,7 @@ def test_shard_done_requires_the_same_key(tmp_path):
 
 def test_force_new_clears_every_table_but_nothing_else(tmp_path):
     from pipeline.config import config_from_dict
-    from pipeline.generate import prepare_run_dir
+    from pipeline.manifest import start_run as prepare_run_dir
 
     cfg = config_from_dict(
         {"output_dir": str(tmp_path / "run"), "model": {"path": "m"}, "problems": {"source": "p.jsonl"}}

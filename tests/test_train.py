@@ -12,6 +12,7 @@ import pytest
 
 from pipeline.config import ConfigError
 from pipeline.evaluate import EvalSpec, pass_at_k
+from pipeline.store import RunDir
 from pipeline.train.config import load_train_config
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -50,7 +51,7 @@ def test_pass_at_k_refuses_undefined_cases(n, c, k):
 
 
 def test_eval_spec_refuses_k_above_n():
-    with pytest.raises(ValueError, match=r"every k must be in 1\.\.samples"):
+    with pytest.raises(ConfigError, match=r"every k must be in 1\.\.samples"):
         EvalSpec(samples=4, ks=(1, 8))
 
 
@@ -173,14 +174,18 @@ class _Scripted:
         self.fail_train_round = fail_train_round
         self.pairs = pairs
 
-    def generate(self, path, overrides):
-        ov = dict(o.split("=", 1) for o in overrides)
-        out = Path(ov["output_dir"])
-        out.mkdir(parents=True, exist_ok=True)
-        doc = {"config": {"model": {"path": ov["model.path"]}}, "tables": {"dpo": {"rows": self.pairs}}}
-        (out / "run.json").write_text(json.dumps(doc))
-        self.calls.append(("generate", ov["model.path"], ov["generation.sampling.seed"]))
-        return str(out)
+    def generate(self, cfg):
+        from pipeline.store import RunDir
+        from schemas.run_doc import RunDoc, TableEntry
+
+        run = RunDir(cfg.output_dir)
+        run.root.mkdir(parents=True, exist_ok=True)
+        tables = {"dpo": TableEntry(rows=self.pairs, files={})}
+        run.write_doc(
+            RunDoc(expo_data_version="0", name=cfg.name, status="complete", created="-", config=cfg, tables=tables)
+        )
+        self.calls.append(("generate", cfg.model.path, cfg.generation.sampling.seed))
+        return str(run.root)
 
     def train(self, tcfg):
         r = int(Path(tcfg.output_dir).parent.name.split("-")[1])
@@ -217,7 +222,7 @@ def test_rounds_chain_policies_and_resume_at_round_granularity(tmp_path, monkeyp
         ("generate", ckpt1),  # round 2 samples from round 1's checkpoint
         ("train", ckpt1),
     ]
-    assert [c[2] for c in steps.calls if c[0] == "generate"] == ["0", "1"]  # a seed per round
+    assert [c[2] for c in steps.calls if c[0] == "generate"] == [0, 1]  # a seed per round
     # Rerun after the crash: round 1 and both finished evals are not redone.
     steps2 = _Scripted()
     state = online.OnlineLoop(cfg, steps2.generate, steps2.train, steps2.evaluate).run()
@@ -233,6 +238,33 @@ def test_rounds_chain_policies_and_resume_at_round_granularity(tmp_path, monkeyp
     changed = cfg.model_copy(update={"generate_set": ["generation.rollouts=2"]})
     with pytest.raises(ConfigError, match="changed: generate_set"):
         online.OnlineLoop(changed, steps3.generate, steps3.train, steps3.evaluate).run()
+
+
+def test_a_policy_path_reaches_the_next_round_as_it_is(tmp_path, monkeypatch):
+    """Round configs are derived as typed values: a checkpoint path with ' #' (a YAML comment when
+    read back from a --set string) reaches the generate step whole, and run.json records it."""
+    from pipeline import online
+
+    monkeypatch.setattr(online, "_check_held_out", lambda run, ev: None)
+    odd = tmp_path / "runs" / "a #1"
+    cfg = online.load_online_config(_write_online(tmp_path, odd))
+    policy = str(odd / "ckpt")
+    assert online.round_run_config(cfg, 2, policy).model.path == policy
+    steps = _Scripted()
+    state = online.OnlineLoop(cfg, steps.generate, steps.train, steps.evaluate).run()
+    ckpt1 = str((odd / "loop" / "round-01" / "checkpoint").resolve())
+    assert state["rounds"][1]["policy_in"] == ckpt1 == state["rounds"][1]["sampled_with"]
+    # The same path typed on the command line is a path, not YAML.
+    from pipeline.config import load_config
+
+    assert load_config(DATA / "quickstart.yaml", [f"model.path={policy}"]).model.path == policy
+
+
+def _write_online(tmp_path, root):
+    f = tmp_path / "online-odd.yaml"
+    body = {"name": "t", "output_dir": str(root / "loop"), "rounds": 2, "generate": str(DATA / "quickstart.yaml")}
+    f.write_text(json.dumps({**body, "train": {"max_steps": 1}}))
+    return f
 
 
 def test_a_round_without_pairs_carries_the_policy_over(tmp_path, monkeypatch):
@@ -424,8 +456,8 @@ def test_two_online_rounds_chain_checkpoints(tmp_path, prefect_harness):
     state = online_flow(str(f))
     loop = tmp_path / "loop"
     ckpt1, ckpt2 = loop / "round-01" / "checkpoint", loop / "round-02" / "checkpoint"
-    run2 = json.loads((loop / "round-02" / "run" / "run.json").read_text())
-    assert run2["config"]["model"]["path"] == str(ckpt1)  # round 2 sampled round 1's policy
+    run2 = RunDir(loop / "round-02" / "run").read_doc()
+    assert run2.config.model.path == str(ckpt1)  # round 2 sampled round 1's policy
     assert (ckpt1 / "train.json").exists() and (ckpt2 / "train.json").exists()
     assert json.loads((ckpt2 / "train.json").read_text())["initial_model"]["path"] == str(ckpt1)
     assert [r["round"] for r in state["summary"]] == [0, 1, 2]

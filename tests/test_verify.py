@@ -6,7 +6,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from pipeline.verify import VerifierPool, fast_verdict, normalise, verify_file
+from pipeline.answers import fast_verdict, normalise
+from pipeline.errors import InputFileError
+from pipeline.verify import VerifierPool
+from pipeline.verify_file import verify_file
 
 CASES = [json.loads(line) for line in (Path(__file__).parent / "data" / "verifier_cases.jsonl").open()]
 
@@ -158,10 +161,10 @@ def test_verify_file_parquet_and_custom_keys(tmp_path):
 def test_verify_file_names_the_row_and_field(tmp_path):
     src = tmp_path / "bad.jsonl"
     src.write_text('{"gold": "1", "prediction": "\\\\boxed{1}"}\n{"gold": "2"}\n')
-    with pytest.raises(ValueError, match=r"row 2 has no 'prediction' field"):
+    with pytest.raises(InputFileError, match=r"row 2 has no 'prediction' field"):
         verify_file(src)
     src.write_text('{"gold": "1", "prediction": "x"}\nnot json\n')
-    with pytest.raises(ValueError, match=r"bad.jsonl:2: not a JSON object"):
+    with pytest.raises(InputFileError, match=r"bad.jsonl:2: not a JSON object"):
         verify_file(src)
 
 
@@ -186,8 +189,6 @@ def test_the_literal_fast_path_agrees_with_math_verify():
     import random
 
     from math_verify import parse, verify
-
-    from pipeline.verify import fast_verdict
 
     rng = random.Random(0)
     pairs = []

@@ -11,12 +11,12 @@ from pipeline import progress
 from pipeline.engines.base import (
     Completion,
     Engine,
-    EngineError,
     Request,
     Result,
     Sampling,
     derive_seed,
 )
+from pipeline.errors import EngineError
 
 __all__ = [
     "Completion",
@@ -36,7 +36,18 @@ _LOCK = threading.Lock()
 
 
 def load_engine(model_cfg: Any, seed: int = 0) -> Engine:
-    """A new engine for a ``pipeline.config.ModelConfig``."""
+    """A new engine for a ``pipeline.config.ModelConfig``. A model that is neither a local folder nor
+    a Hub id fails here, as a user error, before either engine starts loading; a failure while
+    loading is an :class:`EngineError` from both engines alike."""
+    from pipeline.engines.base import engine_failure
+    from pipeline.sources import locate
+
+    locate(model_cfg.path, what="model")
+    with engine_failure(model_cfg.engine, f"loading {model_cfg.path}"):
+        return _load(model_cfg, seed)
+
+
+def _load(model_cfg: Any, seed: int) -> Engine:
     if model_cfg.engine == "vllm":
         from pipeline.engines.vllm import VLLMEngine
 

@@ -14,8 +14,12 @@ seed: a shard rerun after a crash reproduces the same rows either way.
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
+
+from pipeline.errors import EngineError
 
 
 @dataclass(frozen=True)
@@ -77,10 +81,6 @@ class Engine(Protocol):
     def close(self) -> None: ...
 
 
-class EngineError(RuntimeError):
-    """The engine itself failed (not one request): the shard must be retried."""
-
-
 def derive_seed(*parts: object) -> int:
     """A stable 31-bit seed from any parts (run seed, problem id, kind...): same inputs, same seed."""
     digest = hashlib.sha256("\x1f".join(map(str, parts)).encode()).digest()
@@ -101,13 +101,36 @@ def stop_token_ids(tokenizer: Any, generation_config: Any | None) -> list[int]:
     return ids
 
 
+# The context rule both engines apply: a sequence fits when it leaves room for one more token
+# (a generated one, or the one vLLM samples after a scored prompt). The same rule in both engines
+# means the same request becomes an error row, or a null score, whichever engine runs it.
+
+
+def fits(tokens: int, max_model_len: int) -> bool:
+    return tokens < max_model_len
+
+
 def too_long(prompt_len: int, max_model_len: int) -> str | None:
-    if prompt_len >= max_model_len:
+    if not fits(prompt_len, max_model_len):
         return f"prompt has {prompt_len} tokens; the model's context is {max_model_len}"
     return None
 
 
-def check_score_inputs(prefix_ids: list[list[int]], target_ids: list[list[int]]) -> None:
+@contextmanager
+def engine_failure(engine: str, what: str) -> Iterator[None]:
+    """Turn any failure of the model call itself into :class:`EngineError`, so both engines fail a
+    shard the same way (and the flow retries it with a fresh engine)."""
+    try:
+        yield
+    except EngineError:
+        raise
+    except Exception as e:
+        raise EngineError(f"{engine} {what} failed: {type(e).__name__}: {e}") from e
+
+
+def check_score_inputs(prefix_ids: list[list[int]], target_ids: list[list[int]], max_model_len: int) -> None:
+    """What ``score`` refuses, in both engines alike. Callers (``pipeline.scoring``) leave out pairs
+    that do not fit, so a refusal here is a bug in the caller, not bad input."""
     if len(prefix_ids) != len(target_ids):
         raise ValueError(f"score(): {len(prefix_ids)} prefixes but {len(target_ids)} targets")
     for i, (p, t) in enumerate(zip(prefix_ids, target_ids, strict=True)):
@@ -115,3 +138,5 @@ def check_score_inputs(prefix_ids: list[list[int]], target_ids: list[list[int]])
             raise ValueError(f"score(): prefix {i} is empty; the first target token needs context")
         if not t:
             raise ValueError(f"score(): target {i} is empty")
+        if not fits(len(p) + len(t), max_model_len):
+            raise ValueError(f"score(): pair {i} has {len(p) + len(t)} tokens; the model's context is {max_model_len}")

@@ -17,6 +17,7 @@ from pipeline.engines.base import (
     Sampling,
     check_score_inputs,
     derive_seed,
+    engine_failure,
     stop_token_ids,
     too_long,
 )
@@ -102,7 +103,9 @@ class HFEngine:
             for start in range(0, len(group_list), self.batch_size):
                 batch = group_list[start : start + self.batch_size]
                 self._torch.manual_seed(derive_seed(call_seed, batch_no, batch[0].sampling.seed))
-                for r, res in zip(batch, self._generate_batch(batch), strict=True):
+                with engine_failure("transformers", "generate"):
+                    generated = self._generate_batch(batch)
+                for r, res in zip(batch, generated, strict=True):
                     results[r.request_id] = res
                 batch_no += 1
         return [results[r.request_id] for r in requests]
@@ -170,7 +173,7 @@ class HFEngine:
     # scoring ----------------------------------------------------------------------------------
     def score(self, prefix_ids: list[list[int]], target_ids: list[list[int]]) -> list[list[float]]:
         """Teacher-forced log p(target_t | prefix, target_<t) for each pair, in fp32."""
-        check_score_inputs(prefix_ids, target_ids)
+        check_score_inputs(prefix_ids, target_ids, self.max_model_len)
         torch = self._torch
         order = sorted(range(len(prefix_ids)), key=lambda i: len(prefix_ids[i]) + len(target_ids[i]))
         out: list[list[float] | None] = [None] * len(prefix_ids)
@@ -186,7 +189,7 @@ class HFEngine:
             for row, seq in enumerate(seqs):
                 ids[row, : len(seq)] = torch.tensor(seq)
                 mask[row, : len(seq)] = 1
-            with torch.no_grad():
+            with torch.no_grad(), engine_failure("transformers", "scoring"):
                 logits = self.model(input_ids=ids.to(self.device), attention_mask=mask.to(self.device)).logits
             logprobs = torch.log_softmax(logits.float(), dim=-1)
             for row, i in enumerate(batch):
@@ -198,8 +201,6 @@ class HFEngine:
 
         for i in order:
             total = len(prefix_ids[i]) + len(target_ids[i])
-            if total > self.max_model_len:
-                raise ValueError(f"score(): pair {i} has {total} tokens; the model's context is {self.max_model_len}")
             longest = max([total] + [len(prefix_ids[j]) + len(target_ids[j]) for j in batch])
             if batch and longest * (len(batch) + 1) > self.score_batch_tokens:
                 flush()

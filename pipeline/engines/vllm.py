@@ -17,13 +17,14 @@ from typing import Any
 
 from pipeline.engines.base import (
     Completion,
-    EngineError,
     Request,
     Result,
     check_score_inputs,
+    engine_failure,
     stop_token_ids,
     too_long,
 )
+from pipeline.errors import EngineError
 
 
 def _cuda_available() -> bool:
@@ -132,12 +133,10 @@ class VLLMEngine:
                 runnable.append(r)
         if runnable:
             self._fresh_cache()
-            try:
+            with engine_failure("vLLM", "generate"):
                 outputs = self.llm.generate(
                     [TokensPrompt(prompt_token_ids=r.prompt_ids) for r in runnable], params, use_tqdm=False
                 )
-            except Exception as e:
-                raise EngineError(f"vLLM generate failed: {type(e).__name__}: {e}") from e
             for r, o in zip(runnable, outputs, strict=True):
                 completions = [
                     Completion(
@@ -157,20 +156,12 @@ class VLLMEngine:
         """Teacher-forced log-probs through ``prompt_logprobs`` (raw model log-probs)."""
         from vllm.inputs import TokensPrompt
 
-        check_score_inputs(prefix_ids, target_ids)
-        prompts = []
-        for i, (p, t) in enumerate(zip(prefix_ids, target_ids, strict=True)):
-            if len(p) + len(t) >= self.max_model_len:
-                raise ValueError(
-                    f"score(): pair {i} has {len(p) + len(t)} tokens; the model's context is {self.max_model_len}"
-                )
-            prompts.append(TokensPrompt(prompt_token_ids=p + t))
+        check_score_inputs(prefix_ids, target_ids, self.max_model_len)
+        prompts = [TokensPrompt(prompt_token_ids=p + t) for p, t in zip(prefix_ids, target_ids, strict=True)]
         params = self._vllm.SamplingParams(max_tokens=1, temperature=0.0, prompt_logprobs=0)
         self._fresh_cache()
-        try:
+        with engine_failure("vLLM", "scoring"):
             outputs = self.llm.generate(prompts, params, use_tqdm=False)
-        except Exception as e:
-            raise EngineError(f"vLLM scoring failed: {type(e).__name__}: {e}") from e
         scores = []
         for p, t, o in zip(prefix_ids, target_ids, outputs, strict=True):
             row = []

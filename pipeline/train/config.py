@@ -11,18 +11,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, ValidationError, model_validator
+from pydantic import Field, model_validator
 
-from pipeline.config import (
-    LOCAL_ONLY,
-    ConfigError,
-    Strict,
-    _resolve_path,
-    _set,
-    apply_paths_and_overrides,
-    format_validation_error,
-    read_yaml_mapping,
-)
+from pipeline.config import Strict, load_yaml_model, validate
 from pipeline.prompts import DEFAULT_TEMPLATE
 
 TrainKind = Literal["dpo", "sft", "grpo"]
@@ -144,10 +135,7 @@ PATH_FIELDS = ("data", "model", "output_dir")
 
 
 def train_config_from_dict(raw: dict[str, Any], source: str = "<dict>") -> TrainConfig:
-    try:
-        return TrainConfig.model_validate(raw)
-    except ValidationError as e:
-        raise ConfigError(format_validation_error(e, source, root=TrainConfig)) from None
+    return validate(TrainConfig, raw, source)
 
 
 def load_train_config(
@@ -158,17 +146,4 @@ def load_train_config(
 ) -> TrainConfig:
     """A training config from an optional YAML file, then ``base`` values (the CLI's --data, --model,
     --out), then ``--set`` overrides, each later one winning."""
-    raw: dict[str, Any] = {}
-    source = "<command line>"
-    if path is not None:
-        raw = read_yaml_mapping(path)
-        apply_paths_and_overrides(raw, PATH_FIELDS, Path(path).resolve().parent, None)
-        source = str(path)
-    cwd_path = Path(cwd) if cwd else Path.cwd()
-    for key, value in (base or {}).items():
-        if value is not None:
-            if key in PATH_FIELDS:
-                value = _resolve_path(str(value), cwd_path, hub_ok=key not in LOCAL_ONLY)
-            _set(raw, key, value)
-    apply_paths_and_overrides(raw, PATH_FIELDS, None, overrides, cwd)
-    return train_config_from_dict(raw, source)
+    return load_yaml_model(TrainConfig, path, overrides or [], path_fields=PATH_FIELDS, values=base, cwd=cwd)

@@ -6,32 +6,33 @@ an outdated table fails here with its name and columns, not as a KeyError deep i
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import pyarrow.parquet as pq
 
 import schemas
-from pipeline.config import looks_like_hub_id
+from pipeline.errors import SourceNotFoundError, TrainDataError
+from pipeline.sources import Source, locate
 from pipeline.store import file_sha256, parquet_files
 
 
-class TrainDataError(ValueError):
-    """The training data cannot be used, with a message naming the source and what is wrong."""
-
-
-def is_run_dir(path: Path) -> bool:
-    return path.is_dir() and (path / "run.json").exists()
+def _locate(source: str) -> Source:
+    try:
+        return locate(source, what="training data")
+    except SourceNotFoundError:
+        raise TrainDataError(
+            f"training data {source!r} is neither a run dir, a local folder nor a Hub repo id"
+        ) from None
 
 
 def describe_source(source: str, table: str, revision: str | None = None) -> dict[str, Any]:
     """What a trainer read, for train.json: the files and their hashes, or the repo and revision."""
-    path = Path(source)
-    if path.exists():
-        files = parquet_files(path / table) if (path / table).exists() else []
+    where = _locate(source)
+    if where.local:
+        files = parquet_files(where.path / table) if (where.path / table).exists() else []
         return {
-            "kind": "run_dir" if is_run_dir(path) else "folder",
-            "path": str(path.resolve()),
+            "kind": "run_dir" if where.kind == "run_dir" else "folder",
+            "path": where.ref,
             "table": table,
             "files": {f.name: file_sha256(f) for f in files},
         }
@@ -51,13 +52,14 @@ def load_table(source: str, table: str, revision: str | None = None) -> Any:
     - any other local folder: read as a dataset repo (a Hub snapshot on disk, a publish dry-run);
     - ``owner/name`` not on disk: the Hub dataset's config of that name.
     """
-    if table not in schemas.TABLES:
-        raise TrainDataError(f"unknown table {table!r}; known: {', '.join(schemas.TABLES)}")
+    if table not in schemas.REGISTRY:
+        raise TrainDataError(f"unknown table {table!r}; known: {', '.join(schemas.REGISTRY)}")
     from datasets import load_dataset
 
-    path = Path(source)
-    if is_run_dir(path):
-        folder = path / table  # table names come from schemas.TABLES only, checked above
+    src = _locate(source)
+    path = src.path
+    if src.kind == "run_dir":
+        folder = path / table  # table names come from the registry only, checked above
         files = parquet_files(folder) if folder.exists() else []
         files = [f for f in files if pq.ParquetFile(f).metadata.num_rows > 0]
         if not files:
@@ -69,13 +71,13 @@ def load_table(source: str, table: str, revision: str | None = None) -> Any:
             schemas.check(pq.read_schema(f), table, where=str(f))
         ds = load_dataset("parquet", data_files=[str(f) for f in files], split="train")
         where = str(folder)
-    elif path.is_dir():
+    elif src.kind == "folder":
         try:
             ds = load_dataset(str(path), name=table, split="train")
         except ValueError as e:
             raise TrainDataError(f"{path} has no dataset config {table!r}: {e}") from None
         where = str(path)
-    elif looks_like_hub_id(source):
+    elif src.kind == "hub":
         try:
             ds = load_dataset(source, name=table, split="train", revision=revision)
         except Exception as e:  # the Hub's errors vary (offline, 404, auth, missing config)
@@ -85,7 +87,7 @@ def load_table(source: str, table: str, revision: str | None = None) -> Any:
             ) from None
         where = f"hub:{source}" + (f"@{revision}" if revision else "")
     else:
-        raise TrainDataError(f"training data {source!r} is neither a run dir, a local folder nor a Hub repo id")
+        raise TrainDataError(f"training data {source!r} is a file; give its run dir, dataset folder or Hub repo id")
     _check_columns(ds.column_names, table, where)
     if ds.num_rows == 0:
         raise TrainDataError(f"table {table!r} from {where} has no rows")

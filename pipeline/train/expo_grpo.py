@@ -20,7 +20,7 @@ import torch
 from trl import GRPOTrainer
 
 from pipeline.leaks import detect_leak
-from pipeline.prompts import get_template, render_chat
+from pipeline.prompts import encode_chat, get_template
 from pipeline.train.config import ExpoTerm
 from pipeline.verify import VerifierPool
 
@@ -228,13 +228,7 @@ class ExPGRPOTrainer(GRPOTrainer):
         template = self._expo_template
         golds = {pid: str(row["reward_model"]["ground_truth"]) for pid, row in due.items()}
         prompts = [
-            list(
-                tok.encode(
-                    render_chat(tok, template.messages("explanation", self._expo_questions[pid], golds[pid])),
-                    add_special_tokens=False,
-                )
-            )
-            for pid in due
+            encode_chat(tok, template.messages("explanation", self._expo_questions[pid], golds[pid])) for pid in due
         ]
         texts = self._sample(prompts)
         assert self._expo_pool is not None

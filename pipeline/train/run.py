@@ -13,33 +13,28 @@ import json
 import shutil
 import time
 from collections.abc import Callable
-from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
 from pipeline import __version__, progress
-from pipeline.config import ConfigError
+from pipeline.errors import ConfigError, ModelError, TrainedAlreadyError
 from pipeline.store import write_json
 from pipeline.train.config import TrainConfig
 from pipeline.train.data import describe_source, load_table
+from pipeline.versions import package_versions
 
 TRAIN_JSON = "train.json"
 TRAINER_DIR = "trainer"
-
-
-class TrainedAlreadyError(RuntimeError):
-    """The output folder holds a finished training run."""
 
 
 def is_trained(out: str | Path) -> bool:
     return (Path(out) / TRAIN_JSON).exists()
 
 
-def _dist(name: str) -> str | None:
-    try:
-        return version(name)
-    except PackageNotFoundError:
-        return None
+def read_manifest(out: str | Path) -> dict[str, Any] | None:
+    """train.json of a checkpoint folder (written last, so it marks the folder complete), or None."""
+    path = Path(out) / TRAIN_JSON
+    return json.loads(path.read_text(encoding="utf-8")) if path.exists() else None
 
 
 def resolve_device(cfg: TrainConfig) -> tuple[bool, str]:
@@ -125,7 +120,7 @@ def load_policy(cfg: TrainConfig, precision: str) -> tuple[Any, Any]:
         model = AutoModelForCausalLM.from_pretrained(cfg.model, dtype=dtype, **kwargs)
         tokenizer = AutoTokenizer.from_pretrained(cfg.model, **kwargs)
     except OSError as e:  # a missing folder, an unknown Hub id, no network: transformers says OSError
-        raise ConfigError(f"cannot load the model {cfg.model!r}: {e}") from None
+        raise ModelError(f"cannot load the model {cfg.model!r}: {e}") from None
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     return model, tokenizer
@@ -143,7 +138,7 @@ def preflight(cfg: TrainConfig) -> int:
     try:
         AutoConfig.from_pretrained(cfg.model, revision=cfg.model_revision, trust_remote_code=cfg.trust_remote_code)
     except (OSError, ValueError) as e:
-        raise ConfigError(f"cannot load the model {cfg.model!r}: {e}") from None
+        raise ModelError(f"cannot load the model {cfg.model!r}: {e}") from None
     return rows
 
 
@@ -296,7 +291,7 @@ def train(cfg: TrainConfig, force: bool = False, log: Callable[[str], None] | No
         "train_loss": result.training_loss,
         "seconds": round(time.monotonic() - t0, 3),
         "log_history": history,
-        "versions": {n: _dist(n) for n in ("torch", "transformers", "trl", "accelerate", "peft")},
+        "versions": package_versions(("torch", "transformers", "trl", "accelerate", "peft")),
     }
     write_json(manifest, out / TRAIN_JSON)  # last: marks the folder complete
     log(f"{cfg.kind}: {result.global_step} steps, loss {result.training_loss:.4f} -> {out}")

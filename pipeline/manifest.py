@@ -1,0 +1,264 @@
+"""Run identity and run.json: what makes two shards the same, and what a run dir records about itself.
+
+- A shard's key hashes everything that determines its rows (the problems' text, the config keys
+  that change output, the model files, the prompt template, the code version), so a rerun reuses a
+  shard exactly when it would write the same rows.
+- run.json (:class:`schemas.run_doc.RunDoc`) is started before any table is written, so a killed
+  run still refuses a rerun with another config, and finished at the end with versions, counts,
+  timings and a hash of every table file.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import schemas
+from pipeline import __version__
+from pipeline.config import RunConfig, diff_configs
+from pipeline.engines import Engine
+from pipeline.errors import RunDirConflictError
+from pipeline.prompts import PromptTemplate, chat_template_digest, get_template
+from pipeline.store import RunDir, file_sha256, parquet_files, parquet_rows
+from pipeline.verify import VERIFIER_VERSION
+from pipeline.versions import dist_version, runtime_versions
+from schemas.run_doc import (
+    BuildStats,
+    EngineInfo,
+    LastInvocation,
+    ModelInfo,
+    ProblemsSummary,
+    PromptsInfo,
+    RunDoc,
+    RunSummary,
+    ShardRecord,
+    TableEntry,
+    Timings,
+    VerifierInfo,
+)
+
+# Config keys that change no generated row: a rerun may change them freely (build settings only
+# change the derived tables, which every run rebuilds).
+NEUTRAL_KEYS = (
+    "name",
+    "output_dir",
+    "verifier.workers",
+    "verifier.overlap",
+    "build",
+    "publish",
+    "retries",
+    "executor",
+    "ray",
+)
+# Keys that change which problems a shard holds, not how a problem's rows are made: the shard key
+# covers them through the problems' content instead.
+NON_OUTPUT_KEYS = (*NEUTRAL_KEYS, "shard_size", "problems")
+
+
+def now() -> str:
+    return datetime.now(UTC).isoformat(timespec="seconds")
+
+
+# ----------------------------------------------------------------------------------------------
+# Identity
+
+
+def model_label(path: str) -> str:
+    """How a model is named in tables: Hub ids as they are, local folders by their name only."""
+    p = Path(path)
+    return p.name if p.is_absolute() or p.exists() else path
+
+
+def model_fingerprint(path: str, revision: str | None) -> str:
+    """Identity of the weights: content hashes for small files, size+mtime for large ones."""
+    p = Path(path)
+    if not p.is_dir():
+        return f"{path}@{revision or 'main'}"
+    h = hashlib.sha256()
+    for f in sorted(p.rglob("*")):
+        if not f.is_file() or f.name.startswith("."):
+            continue
+        st = f.stat()
+        h.update(f.relative_to(p).as_posix().encode())
+        if st.st_size <= 64 * 1024 * 1024:
+            h.update(hashlib.sha256(f.read_bytes()).digest())
+        else:
+            h.update(f"{st.st_size}:{st.st_mtime_ns}".encode())
+    return h.hexdigest()[:16]
+
+
+def output_config(cfg: RunConfig) -> dict[str, Any]:
+    """The config minus the keys that cannot change a shard's rows."""
+    data = cfg.model_dump()
+    for dotted in NON_OUTPUT_KEYS:
+        parts = dotted.split(".")
+        node = data
+        for part in parts[:-1]:
+            node = node[part]
+        node.pop(parts[-1], None)
+    return data
+
+
+def shard_key(cfg: RunConfig, model_fp: str, template: PromptTemplate, problems: list[dict[str, Any]]) -> str:
+    """Hash of everything that determines a shard's rows, problem text included (an edited
+    question under the same id must not reuse old samples)."""
+    payload = {
+        "config": output_config(cfg),
+        "model": model_fp,
+        "template": template.digest,
+        "code": [__version__, VERIFIER_VERSION, schemas.version(schemas.SAMPLES)],
+        "problems": [[p["problem_id"], p["question"], p["answer"], p["level"], p["subject"]] for p in problems],
+    }
+    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:24]
+
+
+def changed_output_keys(old: dict[str, Any], new: RunConfig) -> list[str]:
+    """Dotted keys that differ between a recorded config and ``new`` and would change rows."""
+    return [
+        k for k in diff_configs(old, new.model_dump()) if not any(k == n or k.startswith(n + ".") for n in NEUTRAL_KEYS)
+    ]
+
+
+# ----------------------------------------------------------------------------------------------
+# The engine as run.json describes it
+
+
+def describe_engine(engine: Engine) -> EngineInfo:
+    return EngineInfo(
+        engine=engine.name,
+        max_model_len=engine.max_model_len,
+        per_request_seeds=engine.supports_request_seed,
+        chat_template_digest=chat_template_digest(engine.tokenizer),
+        chat_template=engine.tokenizer.chat_template,
+    )
+
+
+@dataclass
+class ShardOutcome:
+    """What one shard's stages did in this invocation. ``record`` holds the stats of the stages
+    that ran (None when the shard was finished before); ``engine`` describes the engine where the
+    engine stage ran (a Ray worker, say), so the flow never loads a model just to describe it."""
+
+    index: int
+    key: str
+    skipped: bool = False
+    resumed: bool = False
+    record: ShardRecord | None = None
+    engine: EngineInfo | None = None
+
+
+def engine_description(run: RunDir, outcomes: list[ShardOutcome], load: Callable[[], Engine]) -> EngineInfo:
+    """The engine as the engine stage described it, or as the previous run.json recorded it when
+    every shard was skipped; an engine is loaded here only when neither exists."""
+    for o in outcomes:
+        if o.engine is not None:
+            return o.engine
+    previous = run.read_doc()
+    if all(o.skipped for o in outcomes) and previous is not None and previous.model and previous.model.engine:
+        fields = EngineInfo.model_fields
+        return EngineInfo(**{k: v for k, v in previous.model.model_dump().items() if k in fields})
+    return describe_engine(load())
+
+
+# ----------------------------------------------------------------------------------------------
+# run.json
+
+
+def table_manifest(run: RunDir) -> dict[str, TableEntry]:
+    """Rows and file hashes of every table: what a consumer checks to know it has the same data."""
+    out: dict[str, TableEntry] = {}
+    for spec in schemas.RECORDED:
+        folder = run.folder(spec.name)
+        if not folder.exists():
+            continue
+        files = parquet_files(folder)
+        out[spec.name] = TableEntry(
+            rows=parquet_rows(folder),
+            files={f.relative_to(run.root).as_posix(): file_sha256(f) for f in files},
+        )
+    return out
+
+
+def start_run(cfg: RunConfig, force: bool = False) -> RunDir:
+    """Create the run dir, or check that an existing one was made with a compatible config, and
+    record the config before any table is written (a run killed before its end must still refuse a
+    rerun with a different config)."""
+    run = RunDir(cfg.output_dir)
+    previous = None if force else run.read_doc()
+    if previous is not None:
+        old = previous.config.model_dump() if previous.config is not None else {}
+        changed = changed_output_keys(old, cfg)
+        if changed:
+            raise RunDirConflictError(
+                f"{run.root} holds a run made with a different config (changed: {', '.join(changed)}); "
+                "its rows would mix with new ones. Use another output_dir, or start over there "
+                "(--force-new on the command line, force_new=true for a flow or deployment)."
+            )
+    if force:
+        run.clear()
+    run.root.mkdir(parents=True, exist_ok=True)
+    run.remove_stale_temp_files()
+    doc = previous or RunDoc(expo_data_version=__version__, name=cfg.name, status="running", created=now())
+    doc.status, doc.config, doc.config_fingerprint = "running", cfg, cfg.fingerprint()
+    run.write_doc(doc)
+    return run
+
+
+@dataclass
+class RunResults:
+    """What one invocation of the generate flow produced, for run.json."""
+
+    problems: ProblemsSummary
+    shards: list[ShardOutcome]
+    summary: RunSummary
+    build: BuildStats
+    timings: Timings
+    engine: EngineInfo
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def finish_run(cfg: RunConfig, run: RunDir, results: RunResults) -> RunDoc:
+    """Complete run.json. Per-shard stats are those of the invocation that generated the shard; a
+    rerun that skips a shard keeps them, and says what it did itself under ``last_invocation``."""
+    previous = run.read_doc()
+    shards = dict(previous.shards) if previous is not None else {}
+    for o in results.shards:
+        if o.record is not None:
+            shards[str(o.index)] = o.record
+    doc = RunDoc(
+        expo_data_version=__version__,
+        name=cfg.name,
+        status="complete",
+        created=(previous.created if previous is not None else None) or now(),
+        updated=now(),
+        config=cfg,
+        config_fingerprint=cfg.fingerprint(),
+        model=ModelInfo(
+            id=model_label(cfg.model.path),
+            revision=cfg.model.revision,
+            fingerprint=model_fingerprint(cfg.model.path, cfg.model.revision),
+            **results.engine.model_dump(),
+        ),
+        prompts=PromptsInfo(**get_template(cfg.prompts.template).to_dict()),
+        verifier=VerifierInfo(version=VERIFIER_VERSION, math_verify=dist_version("math-verify")),
+        versions=runtime_versions(cfg.model.engine),
+        schemas={name: schemas.version(s) for name, s in schemas.TABLES.items()},
+        problems=results.problems,
+        shards={k: shards[k] for k in sorted(shards, key=int)},
+        last_invocation=LastInvocation(
+            shards_generated=[o.index for o in results.shards if not o.skipped],
+            shards_skipped=[o.index for o in results.shards if o.skipped],
+        ),
+        summary=results.summary,
+        build=results.build,
+        scoring=cfg.scoring,
+        tables=table_manifest(run),
+        timings=results.timings,
+    )
+    run.write_doc(doc)
+    return doc

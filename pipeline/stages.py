@@ -1,0 +1,375 @@
+"""The stages of a generation run, as plain functions the Prefect flow orchestrates.
+
+problems (load, validate, write) -> plan shards -> per shard, the **engine stage** (render prompts,
+one engine call for the shard's CoT and explanation requests, flag hint leaks, score every text and
+the expert solutions in one more call, write the rows without verdicts to ``samples_pending``) and
+the **verifier stage** (verify, write the samples shard, which is the shard's done-marker). Each
+stage reads and writes the run dir, so it can run in another task, process or machine, and a rerun
+skips what is already done.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+import schemas
+from pipeline import progress
+from pipeline.config import RunConfig, SamplingConfig
+from pipeline.engines import Engine, Request, Result, Sampling, derive_seed
+from pipeline.errors import RunDirError
+from pipeline.leaks import detect_leak
+from pipeline.manifest import ShardOutcome, describe_engine, model_fingerprint, model_label, shard_key
+from pipeline.problems import ProblemSet, load_problems
+from pipeline.prompts import Message, PromptTemplate, encode_chat, get_template
+from pipeline.scoring import NO_SCORES, ScoreInput, Scores, score_texts
+from pipeline.store import (
+    PENDING_STATS_META,
+    PROBLEMS_ROW_GROUP,
+    SHARD_KEY_META,
+    RunDir,
+    read_table,
+    write_parquet,
+)
+from pipeline.timeline import stamp, this_worker
+from pipeline.verify import VerifierPool
+from schemas.run_doc import EngineInfo, ProblemsSummary, ShardRecord
+
+# ----------------------------------------------------------------------------------------------
+# Problems and the shard plan
+
+
+def write_problems(cfg: RunConfig, run: RunDir, pool: VerifierPool) -> ProblemsSummary:
+    """Load, validate and write ``problems`` and ``problems_rejected``; returns the summary."""
+    progress.emit("problems.start", source=cfg.problems.source)
+    pset: ProblemSet = load_problems(
+        cfg.problems,
+        pool.check_golds,
+        progress=lambda valid, read: progress.emit("problems.progress", valid=valid, read=read),
+    )
+    unscored = {"expert_nll_mean": None, "expert_nll_tokens": None, "expert_answer_logprob": None}
+    problems = schemas.from_rows("problems", [{**p, **unscored} for p in pset.problems])
+    write_parquet(problems, run.problems, row_group_size=PROBLEMS_ROW_GROUP)
+    write_parquet(schemas.from_rows("problems_rejected", pset.rejected), run.problems_rejected)
+    summary = ProblemsSummary(**pset.summary())
+    progress.emit("problems.done", **summary.model_dump())
+    return summary
+
+
+@dataclass(frozen=True)
+class ShardPlan:
+    index: int
+    start: int
+    stop: int
+    key: str
+
+
+def plan_shards(cfg: RunConfig, run: RunDir) -> list[ShardPlan]:
+    problems = read_table(run.problems, "problems").to_pylist()
+    template = get_template(cfg.prompts.template)
+    fp = model_fingerprint(cfg.model.path, cfg.model.revision)
+    plans = []
+    for index, start in enumerate(range(0, len(problems), cfg.shard_size)):
+        stop = min(start + cfg.shard_size, len(problems))
+        plans.append(ShardPlan(index, start, stop, shard_key(cfg, fp, template, problems[start:stop])))
+    progress.emit("shards.planned", total=len(plans), problems=len(problems))
+    return plans
+
+
+# ----------------------------------------------------------------------------------------------
+# The engine stage
+
+
+@dataclass(frozen=True)
+class RequestMeta:
+    """Which problem and prompt an engine request stands for."""
+
+    problem: dict[str, Any]
+    kind: str  # cot | explanation
+    messages: list[Message]
+
+
+@dataclass(frozen=True)
+class Extra:
+    """Per-completion fields computed after generation: leak flag and the two scores."""
+
+    hint_leak: bool | None = None
+    hint_leak_reason: str | None = None
+    scores: Scores = NO_SCORES
+
+
+@dataclass
+class Generated:
+    """One shard's engine call: the requests, what they stand for, and what came back."""
+
+    problems: list[dict[str, Any]]
+    requests: list[Request]
+    meta: dict[str, RequestMeta]
+    results: list[Result]
+
+    def pairs(self) -> list[tuple[Request, Result, RequestMeta]]:
+        return [(q, r, self.meta[q.request_id]) for q, r in zip(self.requests, self.results, strict=True)]
+
+
+def _sampling(s: SamplingConfig, n: int, seed: int) -> Sampling:
+    return Sampling(n=n, temperature=s.temperature, top_p=s.top_p, max_tokens=s.max_tokens, seed=seed)
+
+
+def build_requests(
+    problems: list[dict[str, Any]], cfg: RunConfig, engine: Engine, template: PromptTemplate
+) -> tuple[list[Request], dict[str, RequestMeta]]:
+    """Both kinds of request for every problem of a shard, for a single engine call."""
+    gen = cfg.generation
+    requests: list[Request] = []
+    meta: dict[str, RequestMeta] = {}
+    for p in problems:
+        wanted = [
+            ("cot", gen.rollouts, gen.sampling, None),
+            ("explanation", gen.explanations, gen.explanation_params, p["answer"]),
+        ]
+        for kind, n, params, answer in wanted:
+            if n == 0:
+                continue
+            messages = template.messages(kind, p["question"], answer)
+            rid = f"{p['problem_id']}/{kind}"
+            seed = derive_seed(params.seed, p["problem_id"], kind)
+            requests.append(Request(rid, encode_chat(engine.tokenizer, messages), _sampling(params, n, seed)))
+            meta[rid] = RequestMeta(p, kind, messages)
+    return requests, meta
+
+
+def leak_flags(gen: Generated, template: PromptTemplate) -> list[list[tuple[bool | None, str | None]]]:
+    """Hint-leak flags of every explanation (None for CoTs, which saw no hint)."""
+    flags = []
+    for _, res, m in gen.pairs():
+        row: list[tuple[bool | None, str | None]] = []
+        for c in res.completions:
+            if m.kind == "explanation":
+                leak = detect_leak(c.text, template.hint(m.problem["answer"]), m.problem["question"])
+                row.append((leak is not None, leak.reason if leak else None))
+            else:
+                row.append((None, None))
+        flags.append(row)
+    return flags
+
+
+def score_shard(
+    gen: Generated, engine: Engine, template: PromptTemplate
+) -> tuple[list[list[Scores]], list[dict[str, Any]]]:
+    """Both scores of every completion and of each problem's expert solution, in one engine call,
+    all after the problem's plain CoT prompt."""
+    plain = {
+        p["problem_id"]: encode_chat(engine.tokenizer, template.messages("cot", p["question"])) for p in gen.problems
+    }
+    items: list[ScoreInput] = []
+    for _, res, m in gen.pairs():
+        items.extend(ScoreInput(plain[m.problem["problem_id"]], c.text, m.problem["answer"]) for c in res.completions)
+    experts = [p for p in gen.problems if p["expert_solution"]]
+    items.extend(ScoreInput(plain[p["problem_id"]], p["expert_solution"], p["answer"]) for p in experts)
+    flat = iter(score_texts(engine, items))
+    scores = [[next(flat) for _ in res.completions] for res in gen.results]
+    expert_rows = []
+    for p in experts:
+        sc = next(flat)
+        expert_rows.append(
+            {
+                "problem_id": p["problem_id"],
+                "expert_nll_mean": sc.nll_mean,
+                "expert_nll_tokens": sc.nll_tokens,
+                "expert_answer_logprob": sc.answer_logprob,
+            }
+        )
+    return scores, expert_rows
+
+
+def sample_rows(cfg: RunConfig, index: int, gen: Generated, extras: list[list[Extra]], engine_name: str) -> list[dict]:
+    """The rows of a pending shard: one per completion, verdicts left to the verifier stage (an
+    engine failure is decided here: its rows carry the ``error`` verdict)."""
+    label = model_label(cfg.model.path)
+    version = get_template(cfg.prompts.template).version
+    rows = []
+    for (req, res, m), xs in zip(gen.pairs(), extras, strict=True):
+        completions = [None] * req.sampling.n if res.error is not None else res.completions
+        for i, c in enumerate(completions):
+            x = xs[i] if c is not None else Extra()
+            rows.append(
+                {
+                    "sample_id": f"{m.problem['problem_id']}/{m.kind}/{i}",
+                    "problem_id": m.problem["problem_id"],
+                    "shard": index,
+                    "kind": m.kind,
+                    "sample_index": i,
+                    "level": m.problem["level"],
+                    "subject": m.problem["subject"],
+                    "prompt": m.messages,
+                    "completion": c.text if c else "",
+                    "gold": m.problem["answer"],
+                    "extracted": None,
+                    "parsed_answer": None,
+                    "verdict": None if c else "error",
+                    "verdict_detail": None if c else f"engine: {res.error}",
+                    "finish_reason": c.finish_reason if c else "error",
+                    "prompt_tokens": res.prompt_tokens,
+                    "completion_tokens": len(c.token_ids) if c else 0,
+                    "cumulative_logprob": c.cumulative_logprob if c else None,
+                    "hint_leak": x.hint_leak,
+                    "hint_leak_reason": x.hint_leak_reason,
+                    "nll_mean": x.scores.nll_mean,
+                    "nll_tokens": x.scores.nll_tokens,
+                    "answer_logprob": x.scores.answer_logprob,
+                    "model": label,
+                    "engine": engine_name,
+                    "template_version": version,
+                    "seed": req.sampling.seed,
+                }
+            )
+    return rows
+
+
+def needs_engine(run: RunDir, plan: ShardPlan) -> bool:
+    """Whether the engine stage has work: neither the shard nor its generated-but-unverified file
+    exists for this key. Checked before an engine is loaded, so a resumed run loads none."""
+    return not (run.shard_done(plan.index, plan.key) or run.pending_done(plan.index, plan.key))
+
+
+def generate_shard(cfg: RunConfig, run: RunDir, plan: ShardPlan, engine: Engine | None) -> ShardOutcome:
+    """The engine stage of a shard: everything that needs the engine, so the engine can go on to
+    the next shard while this one is verified in other processes. ``engine`` may be None only when
+    :func:`needs_engine` says there is nothing to do."""
+    if run.shard_done(plan.index, plan.key):
+        progress.emit("shard.skipped", index=plan.index)
+        return ShardOutcome(plan.index, plan.key, skipped=True)
+    if run.pending_done(plan.index, plan.key):
+        progress.emit("shard.generated", index=plan.index, resumed=True)
+        return ShardOutcome(plan.index, plan.key, resumed=True)
+    if engine is None:
+        raise ValueError(f"shard {plan.index} needs an engine")
+    t0, c0 = time.monotonic(), stamp()
+    template = get_template(cfg.prompts.template)
+    problems = read_table(run.problems, "problems").slice(plan.start, plan.stop - plan.start).to_pylist()
+    requests, meta = build_requests(problems, cfg, engine, template)
+    progress.emit("shard.start", index=plan.index, problems=len(problems), requests=len(requests))
+    results = engine.generate(requests, call_seed=derive_seed(cfg.generation.sampling.seed, plan.key))
+    gen = Generated(problems, requests, meta, results)
+    t_gen, c_gen = time.monotonic(), stamp()
+    flags = leak_flags(gen, template)
+    if cfg.scoring.enabled:
+        scores, expert_rows = score_shard(gen, engine, template)
+    else:
+        scores, expert_rows = [[NO_SCORES] * len(res.completions) for res in results], []
+    extras = [
+        [Extra(leak, reason, sc) for (leak, reason), sc in zip(frow, srow, strict=True)]
+        for frow, srow in zip(flags, scores, strict=True)
+    ]
+    t_score, c_score = time.monotonic(), stamp()
+    rows = sample_rows(cfg, plan.index, gen, extras, engine.name)
+    shard_meta = {SHARD_KEY_META: plan.key.encode()}
+    if cfg.scoring.enabled:
+        # Before the samples shard: that file is the done-marker, so it must come last.
+        write_parquet(schemas.from_rows("expert_scores", expert_rows), run.expert_shard(plan.index), shard_meta)
+    record = ShardRecord(
+        index=plan.index,
+        key=plan.key,
+        problems=len(problems),
+        rows=len(rows),
+        generate_s=round(t_gen - t0, 3),
+        score_s=round(t_score - t_gen, 3),
+        engine=this_worker(),
+        stages={"generate": [c0, c_gen], "score": [c_gen, c_score]},
+    )
+    info = describe_engine(engine)
+    # The engine stage's record travels in the pending file, so a verifier stage in another
+    # process, or after a crash, still reports it.
+    pending_meta = {**shard_meta, PENDING_STATS_META: _pending_stats(record, info)}
+    write_parquet(schemas.from_rows("samples_pending", rows), run.pending_shard(plan.index), pending_meta)
+    progress.emit("shard.generated", index=plan.index, rows=len(rows))
+    return ShardOutcome(plan.index, plan.key, record=record, engine=info)
+
+
+def _pending_stats(record: ShardRecord, info: EngineInfo) -> bytes:
+    return json.dumps({**record.model_dump(mode="json", exclude_none=True), "engine_info": info.model_dump()}).encode()
+
+
+def _read_pending_stats(raw: bytes) -> tuple[ShardRecord, EngineInfo | None]:
+    data = json.loads(raw)
+    info = data.pop("engine_info", None)
+    data.pop("skipped", None)  # written by expo-data before run.json had a schema
+    return ShardRecord.model_validate(data), EngineInfo.model_validate(info) if info else None
+
+
+# ----------------------------------------------------------------------------------------------
+# The verifier stage
+
+
+def _verify_pending(table: pa.Table, pool: VerifierPool) -> pa.Table:
+    """Fill the verdict columns of a pending shard, one verifier job per problem (CoT and
+    explanations together) so each gold answer is parsed once. Rows the engine failed keep the
+    ``error`` verdict they were written with."""
+    pids = table.column("problem_id").to_pylist()
+    golds = table.column("gold").to_pylist()
+    texts = table.column("completion").to_pylist()
+    verdicts = table.column("verdict").to_pylist()
+    details = table.column("verdict_detail").to_pylist()
+    extracted: list[str | None] = [None] * len(pids)
+    parsed: list[str | None] = [None] * len(pids)
+    slots: dict[str, list[int]] = {}
+    gold_of: dict[str, str] = {}
+    for i, pid in enumerate(pids):
+        if verdicts[i] is None:
+            slots.setdefault(pid, []).append(i)
+            gold_of[pid] = golds[i]
+    order = list(slots)
+    grouped = pool.verify_groups([(gold_of[pid], [texts[i] for i in slots[pid]]) for pid in order])
+    for pid, group in zip(order, grouped, strict=True):
+        for i, v in zip(slots[pid], group, strict=True):
+            verdicts[i], details[i], extracted[i], parsed[i] = v.verdict, v.detail, v.extracted, v.parsed
+    columns = {
+        "verdict": pa.array(verdicts, pa.string()),
+        "verdict_detail": pa.array(details, pa.string()),
+        "extracted": pa.array(extracted, pa.string()),
+        "parsed_answer": pa.array(parsed, pa.string()),
+    }
+    arrays = [columns.get(name, table.column(name)) for name in schemas.SAMPLES.names]
+    return pa.Table.from_arrays(arrays, schema=schemas.SAMPLES)
+
+
+def finish_shard(cfg: RunConfig, run: RunDir, plan: ShardPlan, pool: VerifierPool) -> ShardOutcome:
+    """The verifier stage of a shard: verify the pending rows and write the samples shard (the
+    done-marker), then drop the pending file. Needs no engine, so it runs beside the next shard's
+    generation (the flow's overlap) or on any Ray worker."""
+    if run.shard_done(plan.index, plan.key):
+        run.pending_shard(plan.index).unlink(missing_ok=True)
+        return ShardOutcome(plan.index, plan.key, skipped=True)
+    path = run.pending_shard(plan.index)
+    if not run.pending_done(plan.index, plan.key):
+        raise RunDirError(f"shard {plan.index}: no generated rows for this key at {path}; rerun to generate them")
+    t0, c0 = time.monotonic(), stamp()
+    pending = pq.read_table(path)
+    record, info = _read_pending_stats((pending.schema.metadata or {})[PENDING_STATS_META])
+    table = _verify_pending(pending, pool)
+    t_ver, c_ver = time.monotonic(), stamp()
+    progress.emit("shard.writing", index=plan.index, rows=table.num_rows)
+    write_parquet(table, run.shard(plan.index), extra_meta={SHARD_KEY_META: plan.key.encode()})
+    path.unlink(missing_ok=True)
+    record.verify_s = round(t_ver - t0, 3)
+    record.write_s = round(time.monotonic() - t_ver, 3)
+    record.verifier = this_worker()
+    record.stages = {**record.stages, "verify": [c0, c_ver], "write": [c_ver, stamp()]}
+    # Busy time of this shard's stages; wall time between its first and last stamp can be longer
+    # (the flow overlaps stages of different shards).
+    record.total_s = round(record.generate_s + record.score_s + record.verify_s + record.write_s, 3)
+    progress.emit("shard.done", **record.model_dump(exclude={"stages", "engine", "verifier"}))
+    return ShardOutcome(plan.index, plan.key, record=record, engine=info)
+
+
+def run_shard(cfg: RunConfig, run: RunDir, plan: ShardPlan, engine: Engine, pool: VerifierPool) -> ShardOutcome:
+    """Both stages of one shard, one after the other (no overlap); a finished shard is skipped."""
+    generated = generate_shard(cfg, run, plan, engine)
+    if generated.skipped:
+        return generated
+    return finish_shard(cfg, run, plan, pool)

@@ -1,0 +1,114 @@
+"""The verifier's worker process: Math-Verify parsing and comparison, one job at a time, each item
+under an interval timer. Started by :class:`pipeline.verify.VerifierPool` as
+``python -m pipeline.verify_worker``; it imports Math-Verify and the answer normalisation only, so a
+worker starts fast and holds little memory.
+
+Protocol over a socket pair: the worker sends ``("ready",)``; then for each job ``(gold, [answers])``
+it sends ``("gold", status, parsed)`` and one ``("item", status, parsed, detail)`` per answer.
+"""
+
+from __future__ import annotations
+
+import signal
+import sys
+from multiprocessing.connection import Connection
+from typing import Any
+
+from pipeline.answers import clean_answer
+
+MAX_PARSED_CHARS = 400
+
+
+class _Deadline(BaseException):
+    """Raised by the interval timer. A BaseException, so library `except Exception` can't eat it."""
+
+
+def _on_alarm(signum: int, frame: Any) -> None:
+    raise _Deadline()
+
+
+def _short(obj: Any) -> str:
+    s = str(obj)
+    return s if len(s) <= MAX_PARSED_CHARS else s[:MAX_PARSED_CHARS] + "..."
+
+
+def _parse(text: str) -> list[Any]:
+    from math_verify import parse
+
+    return parse("\\boxed{" + clean_answer(text) + "}", parsing_timeout=None)
+
+
+def _equivalent(gold: list[Any], pred: list[Any]) -> bool:
+    from math_verify import verify
+
+    # Gold first: Math-Verify is deliberately asymmetric.
+    return bool(verify(gold, pred, timeout_seconds=None))
+
+
+def worker_main(conn: Connection, soft_timeout_s: float, memory_limit_mb: int) -> None:
+    if memory_limit_mb > 0:
+        try:
+            import resource
+
+            limit = memory_limit_mb * 1024 * 1024
+            resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+        except (ImportError, ValueError, OSError):
+            pass
+    import logging
+
+    logging.getLogger("math_verify").setLevel(logging.ERROR)
+    import math_verify  # noqa: F401 - import once, before the first deadline starts ticking
+
+    signal.signal(signal.SIGALRM, _on_alarm)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent owns Ctrl-C and shuts us down
+
+    def guarded(fn: Any, *args: Any) -> tuple[str, Any]:
+        signal.setitimer(signal.ITIMER_REAL, soft_timeout_s)
+        try:
+            return "ok", fn(*args)
+        except _Deadline:
+            return "timeout", None
+        except MemoryError:
+            return "error", "memory limit exceeded"
+        except RecursionError:
+            return "error", "recursion limit exceeded"
+        except Exception as e:
+            return "error", f"{type(e).__name__}: {_short(e)}"
+        finally:
+            signal.setitimer(signal.ITIMER_REAL, 0)
+
+    conn.send(("ready",))
+    while True:
+        try:
+            msg = conn.recv()
+        except (EOFError, OSError):
+            return
+        if msg is None:
+            return
+        gold, items = msg
+        status, gold_parsed = guarded(_parse, gold)
+        if status == "ok" and not any(not isinstance(x, str) for x in gold_parsed):
+            # Only Math-Verify's raw-string fallback matched: nothing a prediction can be compared to.
+            conn.send(("gold", "unparseable", None))
+            continue
+        if status != "ok":
+            conn.send(("gold", status, gold_parsed))
+            continue
+        conn.send(("gold", "ok", _short(gold_parsed[0])))
+        for extracted in items:
+            status, pred = guarded(_parse, extracted)
+            if status != "ok":
+                conn.send(("item", status, None, pred))
+                continue
+            if not pred:
+                conn.send(("item", "incorrect", None, "answer could not be parsed"))
+                continue
+            status, same = guarded(_equivalent, gold_parsed, pred)
+            if status != "ok":
+                conn.send(("item", status, _short(pred[0]), same))
+            else:
+                conn.send(("item", "correct" if same else "incorrect", _short(pred[0]), None))
+
+
+if __name__ == "__main__" and len(sys.argv) == 5 and sys.argv[1] == "--worker":
+    worker_main(Connection(int(sys.argv[2])), float(sys.argv[3]), int(sys.argv[4]))

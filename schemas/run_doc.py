@@ -1,0 +1,202 @@
+"""``run.json``: the document that says what a run dir holds and how it was made.
+
+It is the most-read document of the project (the CLI, the report, the dataset card, rebuilds, the
+online loop), so it has one definition here and one owner (:class:`pipeline.store.RunDir`), which
+reads, updates and writes it atomically. Every section keeps keys it does not know (a newer
+expo-data may add some), so reading and rewriting a document never drops them; a document missing
+what every run.json has fails with the key named.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from pipeline.config import BuildConfig, RunConfig, ScoringConfig
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+
+class EngineInfo(Section):
+    """What the engine stage reports about the engine that wrote a run's rows."""
+
+    engine: str | None = None
+    max_model_len: int | None = None
+    per_request_seeds: bool | None = None
+    chat_template_digest: str | None = None
+    chat_template: str | None = None
+
+
+class ModelInfo(Section):
+    id: str | None = None  # a Hub id as it is, a local folder by its name only
+    revision: str | None = None
+    fingerprint: str | None = None
+    engine: str | None = None
+    max_model_len: int | None = None
+    per_request_seeds: bool | None = None
+    chat_template_digest: str | None = None
+    chat_template: str | None = None
+
+
+class PromptsInfo(Section):
+    version: str | None = None
+    user: str | None = None
+    answer_sentence: str | None = None
+    digest: str | None = None
+
+
+class VerifierInfo(Section):
+    version: str | None = None
+    math_verify: str | None = None
+
+
+class ProblemsSummary(Section):
+    rows_read: int = 0
+    valid: int = 0
+    rejected: int = 0
+    rejected_by_reason: dict[str, int] = Field(default_factory=dict)
+    filtered_out: int = 0
+    beyond_limit: int = 0
+
+
+class Worker(Section):
+    host: str
+    pid: int
+
+
+class ShardRecord(Section):
+    """One shard as the invocation that generated it recorded it. ``stages`` holds [start, end]
+    epoch seconds of generate, score, verify and write."""
+
+    index: int
+    key: str
+    problems: int = 0
+    rows: int = 0
+    generate_s: float = 0.0
+    score_s: float = 0.0
+    verify_s: float | None = None
+    write_s: float | None = None
+    total_s: float | None = None
+    engine: Worker | None = None
+    verifier: Worker | None = None
+    stages: dict[str, list[float]] = Field(default_factory=dict)
+
+
+class LastInvocation(Section):
+    shards_generated: list[int] = Field(default_factory=list)
+    shards_skipped: list[int] = Field(default_factory=list)
+
+
+class KindSummary(Section):
+    samples: int
+    verdicts: dict[str, int]
+    accuracy: float | None
+    problems: int
+    problems_with_a_correct_sample: int
+
+
+class LevelCell(Section):
+    correct: int
+    samples: int
+    accuracy: float | None
+
+
+class RunSummary(Section):
+    """Counts and accuracy by kind and by level (level keys are "1".."5" and "none")."""
+
+    samples: int = 0
+    by_kind: dict[str, KindSummary] = Field(default_factory=dict)
+    by_level: dict[str, dict[str, LevelCell]] = Field(default_factory=dict)
+
+
+class BuildCoverage(Section):
+    total: int
+    with_verified_explanation: int
+    with_rejectable_cot: int
+    paired: int
+    without_verified_explanation: int
+    without_rejectable_cot: int
+
+
+class HintLeaks(Section):
+    explanations: int
+    hint_leaks: int
+    correct_leaks: int
+
+
+class BuildStats(Section):
+    """What the builders made: rows per table and level, and what they could not use, and why."""
+
+    settings: BuildConfig | None = None
+    rows: dict[str, int] = Field(default_factory=dict)
+    rows_by_level: dict[str, dict[str, int]] = Field(default_factory=dict)
+    problems: BuildCoverage | None = None
+    hint_leaks: HintLeaks | None = None
+    dpo_pairs_without_candidate: dict[str, int] = Field(default_factory=dict)
+
+
+class TableEntry(Section):
+    rows: int
+    files: dict[str, str]  # path relative to the run dir -> sha256
+
+
+class StageTimeline(Section):
+    shards: int = 0
+    span_s: float | None = None
+    engine_busy_s: float | None = None
+    verifier_busy_s: float | None = None
+    overlap_s: float | None = None
+    engine_utilisation: float | None = None
+
+
+class Timings(Section):
+    problems_s: float | None = None
+    shards_s: float | None = None
+    build_s: float | None = None
+    executor: str | None = None
+    shard_stages: StageTimeline | None = None
+    total_s: float | None = None
+
+
+class RebuiltFrom(Section):
+    source: str
+    revision: str | None = None
+
+
+class RunDoc(Section):
+    expo_data_version: str
+    name: str
+    status: Literal["running", "complete"]
+    created: str
+    updated: str | None = None
+    # The config as run: paths are absolute in memory, recorded relative to the run dir where they
+    # can be (RunDir does both), so a run dir moved with its inputs still reads.
+    config: RunConfig | None = None
+    config_fingerprint: str | None = None
+    model: ModelInfo | None = None
+    prompts: PromptsInfo | None = None
+    verifier: VerifierInfo | None = None
+    versions: dict[str, str | None] = Field(default_factory=dict)
+    schemas: dict[str, int | None] = Field(default_factory=dict)
+    problems: ProblemsSummary | None = None
+    shards: dict[str, ShardRecord] = Field(default_factory=dict)
+    last_invocation: LastInvocation | None = None
+    summary: RunSummary | None = None
+    build: BuildStats | None = None
+    scoring: ScoringConfig | None = None
+    tables: dict[str, TableEntry] = Field(default_factory=dict)
+    timings: Timings | None = None
+    rebuilt_from: RebuiltFrom | None = None
+
+    def rows(self, table: str) -> int | None:
+        """Rows of a table as the manifest records them (None when the table is not there)."""
+        entry = self.tables.get(table)
+        return entry.rows if entry is not None else None
+
+    def to_json(self) -> dict[str, Any]:
+        """The document as JSON data; top-level sections this run does not have are left out."""
+        absent = {name for name in type(self).model_fields if getattr(self, name) is None}
+        return self.model_dump(mode="json", exclude=absent)
