@@ -3,7 +3,7 @@ PYTHON ?= python3.11
 VENV ?= .venv
 EXTRAS ?= cpu,dev
 
-.PHONY: setup quickstart test lint format tiny-model clean
+.PHONY: setup quickstart test test-fast lint format tiny-model clean
 
 setup: $(VENV)/.installed
 
@@ -16,6 +16,10 @@ quickstart: setup
 
 test: setup
 	$(VENV)/bin/python -m pytest
+
+# The inner loop: no flows, servers or trainers, no model loads (well under a minute).
+test-fast: setup
+	$(VENV)/bin/python -m pytest -m "not slow and not engine"
 
 lint: setup
 	$(VENV)/bin/ruff check .

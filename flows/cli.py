@@ -58,23 +58,31 @@ SetOption = Annotated[list[str] | None, typer.Option("--set", help="override a k
 Verbose = Annotated[bool, typer.Option("--verbose", "-v", help="show Prefect and engine logs")]
 
 
+# Before Prefect/vLLM are imported: no telemetry, and a temporary local Prefect server (the one
+# Prefect starts when none is configured) gets more than its default 20 s on a busy 2-core machine.
+ALWAYS = {
+    "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+    "DO_NOT_TRACK": "1",
+    "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "120",
+}
+# Without --verbose, the chatter of Prefect, vLLM, torch, transformers and datasets stays out.
+QUIET = {
+    "PREFECT_LOGGING_LEVEL": "WARNING",
+    "VLLM_LOGGING_LEVEL": "ERROR",
+    "TORCH_CPP_LOG_LEVEL": "ERROR",
+    "TRANSFORMERS_VERBOSITY": "error",
+    "HF_DATASETS_DISABLE_PROGRESS_BARS": "1",
+    "HF_HUB_DISABLE_PROGRESS_BARS": "1",
+}
+
+
 def _quiet_defaults(verbose: bool) -> None:
-    """Before Prefect/vLLM are imported: no telemetry, and their INFO chatter only with --verbose."""
-    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
-    os.environ.setdefault("DO_NOT_TRACK", "1")
-    # The temporary local server Prefect starts when none is configured needs more than its default
-    # 20 s on a busy 2-core machine.
-    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
+    for key, value in (ALWAYS if verbose else {**ALWAYS, **QUIET}).items():
+        os.environ.setdefault(key, value)
     if not verbose:
         import logging
         import warnings
 
-        os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
-        os.environ.setdefault("VLLM_LOGGING_LEVEL", "ERROR")
-        os.environ.setdefault("TORCH_CPP_LOG_LEVEL", "ERROR")
-        os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
-        os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
-        os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
         logging.getLogger("torch").setLevel(logging.ERROR)
         warnings.filterwarnings("ignore", category=FutureWarning)
         warnings.filterwarnings("ignore", category=DeprecationWarning)

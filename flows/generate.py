@@ -15,7 +15,7 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
 
 from flows.executors import run_shards
-from pipeline import build, manifest, report, stages
+from pipeline import build, manifest, report, stages, summary
 from pipeline.config import RunConfig, load_config
 from pipeline.engines import get_engine
 from pipeline.problem_table import finalize_problems
@@ -47,7 +47,7 @@ def summarize_task(cfg: RunConfig, run: RunDir, results: manifest.RunResults) ->
     manifest.finish_run(cfg, run, results)
     create_table_artifact(
         key=f"expo-summary-{artifact_key(cfg.name)}",
-        table=report.summary_table_rows(results.summary),
+        table=summary.summary_table_rows(results.summary),
         description=f"ExPO generation `{cfg.name}`: accuracy by level, CoT vs self-explanation",
     )
     return results.summary
@@ -89,7 +89,7 @@ def run_generation(cfg: RunConfig, force_new: bool = False) -> str:
             total_s=laps.total(),
         )
         engine = manifest.engine_description(run, outcomes, lambda: get_engine(cfg.model, cfg.generation.sampling.seed))
-        results = manifest.RunResults(problems, outcomes, report.summarize_run(run), built, timings, engine)
+        results = manifest.RunResults(problems, outcomes, summary.summarize_run(run), built, timings, engine)
         summarize_task(cfg, run, results)
         report_task(cfg, run)
     finally:

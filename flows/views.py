@@ -53,7 +53,7 @@ def fmt(value: Any) -> str:
 
 
 def print_summary(summary: RunSummary, problems: ProblemsSummary | None = None) -> None:
-    from pipeline.report import summary_table_rows
+    from pipeline.summary import summary_table_rows
 
     if problems is not None:
         rejected = ", ".join(f"{k}: {v}" for k, v in problems.rejected_by_reason.items()) or "none"

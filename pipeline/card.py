@@ -112,7 +112,7 @@ def card_body(
     holds, accuracy by level, the plots, and how to load and train on it."""
     from jinja2 import Environment, StrictUndefined
 
-    from pipeline.report import summary_table_rows
+    from pipeline.summary import summary_table_rows
 
     cfg = doc.config
     summary = doc.summary

@@ -160,8 +160,7 @@ def engine_description(run: RunDir, outcomes: list[ShardOutcome], load: Callable
             return o.engine
     previous = run.read_doc()
     if all(o.skipped for o in outcomes) and previous is not None and previous.model and previous.model.engine:
-        fields = EngineInfo.model_fields
-        return EngineInfo(**{k: v for k, v in previous.model.model_dump().items() if k in fields})
+        return EngineInfo(**{k: v for k, v in previous.model.model_dump().items() if k in EngineInfo.model_fields})
     return describe_engine(load())
 
 

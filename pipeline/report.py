@@ -8,6 +8,7 @@ explanations, the two ExPO scores by kind of text, pair counts per level, hint l
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -17,102 +18,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 import schemas
-from pipeline.store import RunDir, atomic_write, parquet_files, parquet_rows, rows_by_level
-from schemas.run_doc import RunSummary
+from pipeline.store import RunDir, atomic_write, parquet_rows, rows_by_level
+from pipeline.summary import scan_samples, summarize, summary_table_rows
+from schemas.run_doc import RunDoc, RunSummary
 
 PLOTS = ("accuracy_by_level.png", "nll_mean.png", "answer_logprob.png", "pairs_by_level.png", "hint_leaks.png")
-
-
-def _acc(correct: int, total: int) -> float | None:
-    return round(correct / total, 4) if total else None
-
-
-def summarize(samples: pl.DataFrame | pl.LazyFrame) -> RunSummary:
-    """Counts and accuracy by kind and level, from the samples' problem_id, kind, level, verdict.
-
-    Every figure is an aggregate query, run by polars' streaming engine on a lazy scan, so the
-    samples are never all in memory."""
-    lf = samples.lazy()
-
-    def q(frame: pl.LazyFrame) -> pl.DataFrame:
-        return frame.collect(engine="streaming")
-
-    by_verdict = q(lf.group_by("kind", "verdict").len())
-    solved = q(
-        lf.group_by("kind", "problem_id")
-        .agg((pl.col("verdict") == "correct").any().alias("ok"))
-        .group_by("kind")
-        .agg(pl.len().alias("problems"), pl.col("ok").sum().alias("solved"))
-    )
-    kinds: dict[str, Any] = {}
-    for kind in schemas.KINDS:
-        part = by_verdict.filter(pl.col("kind") == kind)
-        total = int(part["len"].sum()) if part.height else 0
-        if total == 0:
-            continue
-        got = dict(zip(part["verdict"].to_list(), part["len"].to_list(), strict=True))
-        counts = {v: int(got.get(v, 0)) for v in schemas.VERDICTS}
-        row = solved.filter(pl.col("kind") == kind).row(0, named=True)
-        kinds[kind] = {
-            "samples": total,
-            "verdicts": counts,
-            "accuracy": _acc(counts["correct"], total),
-            "problems": int(row["problems"]),
-            "problems_with_a_correct_sample": int(row["solved"]),
-        }
-    levels: dict[str, Any] = {}
-    grouped = q(
-        lf.with_columns(pl.col("level").cast(pl.String).fill_null("none").alias("lvl"))
-        .group_by(["lvl", "kind"])
-        .agg((pl.col("verdict") == "correct").sum().alias("c"), pl.len().alias("t"))
-        .sort(["lvl", "kind"])
-    )
-    for row in grouped.iter_rows(named=True):
-        levels.setdefault(row["lvl"], {})[row["kind"]] = {
-            "correct": int(row["c"]),
-            "samples": int(row["t"]),
-            "accuracy": _acc(int(row["c"]), int(row["t"])),
-        }
-    total = int(by_verdict["len"].sum()) if by_verdict.height else 0
-    return RunSummary.model_validate({"samples": total, "by_kind": kinds, "by_level": levels})
-
-
-def scan_samples(run: RunDir, columns: list[str]) -> pl.LazyFrame:
-    """A lazy scan of the named columns of every samples shard (never the texts unless asked),
-    each shard schema-checked first."""
-    files = [str(p) for p in parquet_files(run.samples)]
-    for f in files:
-        schemas.check(pq.read_schema(f), "samples", where=f)
-    if not files:
-        return pl.from_arrow(schemas.empty("samples").select(columns)).lazy()
-    return pl.scan_parquet(files).select(columns)
-
-
-def summarize_run(run: RunDir) -> RunSummary:
-    return summarize(scan_samples(run, ["problem_id", "kind", "level", "verdict"]))
-
-
-def summary_table_rows(summary: RunSummary) -> list[dict[str, Any]]:
-    """Accuracy by level and kind as flat rows (for a Prefect table artifact, the terminal, the
-    report and the dataset card)."""
-    out = []
-    for level, cells in summary.by_level.items():
-        row: dict[str, Any] = {"level": level}
-        for kind in schemas.KINDS:
-            cell = cells.get(kind)
-            row[f"{kind}_accuracy"] = cell.accuracy if cell else None
-            row[f"{kind}_samples"] = cell.samples if cell else 0
-        out.append(row)
-    total: dict[str, Any] = {"level": "all"}
-    for kind in schemas.KINDS:
-        k = summary.by_kind.get(kind)
-        total[f"{kind}_accuracy"] = k.accuracy if k else None
-        total[f"{kind}_samples"] = k.samples if k else 0
-    out.append(total)
-    return out
-
-
-# ----------------------------------------------------------------------------------------------
 
 
 def _fmt(x: float | None, pct: bool = False) -> str:
@@ -182,159 +92,176 @@ def _hist(ax: Any, series: dict[str, np.ndarray], xlabel: str) -> None:
     ax.legend(fontsize=8)
 
 
+@dataclass
+class ReportData:
+    """Everything the report shows, gathered once from the tables: aggregates and the plotted
+    scores as float arrays, never the texts."""
+
+    summary: RunSummary
+    series: dict[tuple[str, str], np.ndarray]
+    expert_nll: np.ndarray
+    expert_answer: np.ndarray
+    rows: dict[str, int]
+    per_level: dict[str, dict[str, int]]
+    levels: list[str]
+    leak_by_level: pl.DataFrame
+    leak_total: int
+    leak_reasons: pl.DataFrame
+
+    @property
+    def explanations(self) -> int:
+        return int(self.leak_by_level["n"].sum()) if self.leak_by_level.height else 0
+
+
+def gather(run: RunDir) -> ReportData:
+    samples = scan_samples(
+        run, ["problem_id", "kind", "level", "verdict", "nll_mean", "answer_logprob", "hint_leak", "hint_leak_reason"]
+    )
+    schemas.check(pq.read_schema(run.problems), "problems", where=str(run.problems))
+    problems = pq.read_table(run.problems, columns=["expert_nll_mean", "expert_answer_logprob"])
+    summary = summarize(samples)
+    per_level = {name: counts for name in PAIR_TABLES if (counts := rows_by_level(run.table(name)))}
+    flagged = pl.col("hint_leak").fill_null(False)
+    expl = samples.filter(pl.col("kind") == "explanation")
+    leak_by_level = (
+        expl.with_columns(pl.col("level").cast(pl.String).fill_null("none").alias("lvl"))
+        .group_by("lvl")
+        .agg(flagged.mean().alias("rate"), pl.len().alias("n"))
+        .sort("lvl")
+        .collect(engine="streaming")
+    )
+    return ReportData(
+        summary=summary,
+        series=_score_series(samples),
+        expert_nll=_floats(problems.column("expert_nll_mean")),
+        expert_answer=_floats(problems.column("expert_answer_logprob")),
+        rows=_table_rows(run),
+        per_level=per_level,
+        levels=sorted({lvl for d in per_level.values() for lvl in d} | set(summary.by_level)),
+        leak_by_level=leak_by_level,
+        leak_total=int(expl.select(flagged.sum()).collect(engine="streaming").item() or 0),
+        leak_reasons=expl.filter(flagged)
+        .group_by("hint_leak_reason")
+        .len()
+        .sort("len", descending=True)
+        .collect(engine="streaming"),
+    )
+
+
 def write_report(run: RunDir) -> str:
     """Write report/report.md and its PNG plots; returns the markdown."""
     import matplotlib
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    samples = scan_samples(
-        run, ["problem_id", "kind", "level", "verdict", "nll_mean", "answer_logprob", "hint_leak", "hint_leak_reason"]
-    )
-    schemas.check(pq.read_schema(run.problems), "problems", where=str(run.problems))
-    # Only the numbers the plots need, as compact arrays: never the texts, never Python lists.
-    problems = pq.read_table(run.problems, columns=["expert_nll_mean", "expert_answer_logprob"])
-    summary = summarize(samples)
-    series = _score_series(samples)
-    rows = _table_rows(run)
+    data = gather(run)
     out = run.report
     out.mkdir(parents=True, exist_ok=True)
+    for plot, name in zip((_plot_accuracy, _plot_nll, _plot_answer, _plot_pairs, _plot_leaks), PLOTS, strict=True):
+        _save(plot(data), out / name)
+    md = _markdown(run.read_doc(), run.root.name, data)
+    atomic_write(out / "report.md", lambda tmp: Path(tmp).write_text(md, encoding="utf-8"))
+    return md
 
-    # accuracy by level
-    levels = list(summary.by_level)
-    fig, ax = plt.subplots(figsize=(7, 4))
+
+def _figure() -> tuple[Any, Any]:
+    import matplotlib.pyplot as plt
+
+    return plt.subplots(figsize=(7, 4))
+
+
+def _plot_accuracy(data: ReportData) -> Any:
+    levels = list(data.summary.by_level)
+    fig, ax = _figure()
     width = 0.38
     for k, kind in enumerate(schemas.KINDS):
-        acc = [(c.accuracy if (c := summary.by_level[lvl].get(kind)) else None) or 0.0 for lvl in levels]
+        acc = [(c.accuracy if (c := data.summary.by_level[lvl].get(kind)) else None) or 0.0 for lvl in levels]
         ax.bar([i + (k - 0.5) * width for i in range(len(levels))], acc, width, label=kind)
     ax.set_xticks(range(len(levels)), [f"level {lvl}" for lvl in levels])
     ax.set_ylim(0, 1)
     ax.set_ylabel("share of samples verified correct")
     ax.set_title("Accuracy by level: plain CoT vs self-explanation")
     ax.legend()
-    fig.tight_layout()
-    _save(fig, out / PLOTS[0])
+    return fig
 
-    # nll_mean
-    expert_nll = _floats(problems.column("expert_nll_mean"))
-    fig, ax = plt.subplots(figsize=(7, 4))
-    _hist(
-        ax,
-        {
-            "explanation": series["explanation", "nll_mean"],
-            "own CoT": series["cot", "nll_mean"],
-            "expert solution": expert_nll,
-        },
-        "mean per-token NLL after the plain prompt (lower = more in-distribution)",
-    )
+
+def _plot_nll(data: ReportData) -> Any:
+    fig, ax = _figure()
+    series = {
+        "explanation": data.series["explanation", "nll_mean"],
+        "own CoT": data.series["cot", "nll_mean"],
+        "expert solution": data.expert_nll,
+    }
+    _hist(ax, series, "mean per-token NLL after the plain prompt (lower = more in-distribution)")
     ax.set_title("In-distribution: nll_mean")
-    fig.tight_layout()
-    _save(fig, out / PLOTS[1])
+    return fig
 
-    # answer_logprob
-    fig, ax = plt.subplots(figsize=(7, 4))
-    _hist(
-        ax,
-        {
-            "explanation": series["explanation", "answer_logprob"],
-            "own incorrect CoT": series["incorrect cot", "answer_logprob"],
-        },
-        "log p(\\boxed{gold | prompt, text before its answer); the closing brace is not scored",
-    )
+
+def _plot_answer(data: ReportData) -> Any:
+    fig, ax = _figure()
+    series = {
+        "explanation": data.series["explanation", "answer_logprob"],
+        "own incorrect CoT": data.series["incorrect cot", "answer_logprob"],
+    }
+    _hist(ax, series, "log p(\\boxed{gold | prompt, text before its answer); the closing brace is not scored")
     ax.set_title("Answer signal: answer_logprob")
-    fig.tight_layout()
-    _save(fig, out / PLOTS[2])
+    return fig
 
-    # pairs per level
-    per_level = {name: counts for name in PAIR_TABLES if (counts := rows_by_level(run.table(name)))}
-    all_levels = sorted({lvl for d in per_level.values() for lvl in d} | set(levels))
-    fig, ax = plt.subplots(figsize=(7, 4))
+
+def _plot_pairs(data: ReportData) -> Any:
+    fig, ax = _figure()
     width = 0.2
     for k, name in enumerate(PAIR_TABLES):
-        vals = [per_level.get(name, {}).get(lvl, 0) for lvl in all_levels]
-        ax.bar([i + (k - 1.5) * width for i in range(len(all_levels))], vals, width, label=name)
-    ax.set_xticks(range(len(all_levels)), [f"level {lvl}" for lvl in all_levels])
+        vals = [data.per_level.get(name, {}).get(lvl, 0) for lvl in data.levels]
+        ax.bar([i + (k - 1.5) * width for i in range(len(data.levels))], vals, width, label=name)
+    ax.set_xticks(range(len(data.levels)), [f"level {lvl}" for lvl in data.levels])
     ax.set_ylabel("rows")
     ax.set_title("Training rows per level")
     ax.legend()
-    fig.tight_layout()
-    _save(fig, out / PLOTS[3])
+    return fig
 
-    # hint leaks
-    expl = samples.filter(pl.col("kind") == "explanation")
-    leak_by_level = (
-        expl.with_columns(pl.col("level").cast(pl.String).fill_null("none").alias("lvl"))
-        .group_by("lvl")
-        .agg(pl.col("hint_leak").fill_null(False).mean().alias("rate"), pl.len().alias("n"))
-        .sort("lvl")
-        .collect(engine="streaming")
-    )
-    fig, ax = plt.subplots(figsize=(7, 4))
-    ax.bar([f"level {r['lvl']}" for r in leak_by_level.iter_rows(named=True)], leak_by_level["rate"].to_list())
-    ax.set_ylim(0, max(0.05, float(leak_by_level["rate"].max() or 0) * 1.2))
+
+def _plot_leaks(data: ReportData) -> Any:
+    leaks = data.leak_by_level
+    fig, ax = _figure()
+    ax.bar([f"level {r['lvl']}" for r in leaks.iter_rows(named=True)], leaks["rate"].to_list())
+    ax.set_ylim(0, max(0.05, float(leaks["rate"].max() or 0) * 1.2))
     ax.set_ylabel("share of explanations flagged")
     ax.set_title("Hint leaks: explanations that cite the given answer")
-    fig.tight_layout()
-    _save(fig, out / PLOTS[4])
-
-    n_expl = int(leak_by_level["n"].sum()) if leak_by_level.height else 0
-    leak_total = int(expl.select(pl.col("hint_leak").fill_null(False).sum()).collect(engine="streaming").item() or 0)
-    reasons = (
-        expl.filter(pl.col("hint_leak").fill_null(False))
-        .group_by("hint_leak_reason")
-        .len()
-        .sort("len", descending=True)
-        .collect(engine="streaming")
-    )
-    expert_answer = _floats(problems.column("expert_answer_logprob"))
-    md = _markdown(
-        run, summary, rows, per_level, all_levels, series, expert_nll, expert_answer, n_expl, leak_total, reasons
-    )
-    atomic_write(out / "report.md", lambda tmp: Path(tmp).write_text(md, encoding="utf-8"))
-    return md
+    return fig
 
 
 def _save(fig: Any, path: Path) -> None:
     import matplotlib.pyplot as plt
 
+    fig.tight_layout()
     atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=110))
     plt.close(fig)
 
 
-def _markdown(
-    run: RunDir,
-    summary: RunSummary,
-    rows: dict[str, int],
-    per_level: dict[str, dict[str, int]],
-    levels: list[str],
-    series: dict[tuple[str, str], np.ndarray],
-    expert_nll: np.ndarray,
-    expert_answer: np.ndarray,
-    n_expl: int,
-    leak_total: int,
-    reasons: pl.DataFrame,
-) -> str:
-    doc = run.read_doc()
-    lines = [f"# ExPO run report: {doc.name if doc else run.root.name}", ""]
+def _markdown(doc: RunDoc | None, fallback_name: str, data: ReportData) -> str:
+    lines = [f"# ExPO run report: {doc.name if doc else fallback_name}", ""]
     if doc is not None and doc.model is not None:
         engine = doc.model.engine or (doc.config.model.engine if doc.config else None)
         template = doc.prompts.version if doc.prompts else "?"
         lines += [f"Model `{doc.model.id}`, engine `{engine}`, prompt template `{template}`.", ""]
-    lines += ["## Tables", "", "| table | rows |", "|---|---|", f"| samples | {summary.samples} |"]
-    lines += [f"| {name} | {n} |" for name, n in rows.items()]
+    lines += ["## Tables", "", "| table | rows |", "|---|---|", f"| samples | {data.summary.samples} |"]
+    lines += [f"| {name} | {n} |" for name, n in data.rows.items()]
     lines += ["", "## Accuracy by level", "", "| level | CoT | explanation |", "|---|---|---|"]
-    for r in summary_table_rows(summary):
+    for r in summary_table_rows(data.summary):
         lines.append(
             f"| {r['level']} | {_fmt(r['cot_accuracy'], True)} ({r['cot_samples']}) | "
             f"{_fmt(r['explanation_accuracy'], True)} ({r['explanation_samples']}) |"
         )
     lines += ["", "![accuracy by level](accuracy_by_level.png)", ""]
+    lines += _properties_section(data) + _rows_section(doc, data) + _leaks_section(data)
+    return "\n".join(lines)
 
+
+def _properties_section(data: ReportData) -> list[str]:
     def med(kind: str, col: str) -> str:
-        return _fmt(_median(series[kind, col]))
+        return _fmt(_median(data.series[kind, col]))
 
-    lines += [
+    return [
         "## The two ExPO properties (medians)",
         "",
         "| text | nll_mean (lower = in-distribution) | answer_logprob (higher = leads to the gold) |",
@@ -342,18 +269,24 @@ def _markdown(
         f"| self-explanation | {med('explanation', 'nll_mean')} | {med('explanation', 'answer_logprob')} |",
         f"| own CoT | {med('cot', 'nll_mean')} | {med('cot', 'answer_logprob')} |",
         f"| own incorrect CoT | {med('incorrect cot', 'nll_mean')} | {med('incorrect cot', 'answer_logprob')} |",
-        f"| expert solution | {_fmt(_median(expert_nll))} | {_fmt(_median(expert_answer))} |",
+        f"| expert solution | {_fmt(_median(data.expert_nll))} | {_fmt(_median(data.expert_answer))} |",
         "",
         "![nll_mean](nll_mean.png)",
         "",
         "![answer_logprob](answer_logprob.png)",
         "",
+    ]
+
+
+def _rows_section(doc: RunDoc | None, data: ReportData) -> list[str]:
+    per_level = data.per_level
+    lines = [
         "## Training rows per level",
         "",
         "| level | " + " | ".join(per_level) + " |",
         "|---|" + "---|" * len(per_level),
     ]
-    for lvl in levels:
+    for lvl in data.levels:
         lines.append(f"| {lvl} | " + " | ".join(str(per_level[n].get(lvl, 0)) for n in per_level) + " |")
     if doc is not None and doc.build is not None and doc.build.problems is not None:
         p = doc.build.problems
@@ -364,14 +297,19 @@ def _markdown(
             f"verified explanation, {p.without_rejectable_cot} no rejectable CoT. Pairs left out of dpo_expert "
             f"(no expert solution): {lost.get('dpo_expert', 0)}; of dpo_self (no correct own CoT): {lost.get('dpo_self', 0)}.",
         ]
-    lines += ["", "![pairs by level](pairs_by_level.png)", "", "## Hint leaks", ""]
-    rate = leak_total / n_expl if n_expl else None
-    lines.append(
-        f"{leak_total} of {n_expl} explanations flagged ({_fmt(rate, True)}); flagged ones stay in `samples` "
-        "and are left out of the training sets."
-    )
-    if reasons.height:
+    return [*lines, "", "![pairs by level](pairs_by_level.png)", ""]
+
+
+def _leaks_section(data: ReportData) -> list[str]:
+    n_expl = data.explanations
+    rate = data.leak_total / n_expl if n_expl else None
+    lines = [
+        "## Hint leaks",
+        "",
+        f"{data.leak_total} of {n_expl} explanations flagged ({_fmt(rate, True)}); flagged ones stay in `samples` "
+        "and are left out of the training sets.",
+    ]
+    if data.leak_reasons.height:
         lines += ["", "| reason | explanations |", "|---|---|"]
-        lines += [f"| {r} | {n} |" for r, n in reasons.iter_rows()]
-    lines += ["", "![hint leaks](hint_leaks.png)", ""]
-    return "\n".join(lines)
+        lines += [f"| {r} | {n} |" for r, n in data.leak_reasons.iter_rows()]
+    return [*lines, "", "![hint leaks](hint_leaks.png)", ""]

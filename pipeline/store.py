@@ -178,27 +178,31 @@ class RunDir:
     def samples(self) -> Path:
         return self.folder("samples")
 
-    def shard(self, index: int) -> Path:
-        return self.samples / f"shard-{index:05d}.parquet"
-
     @property
     def expert_scores(self) -> Path:
         return self.folder("expert_scores")
 
-    def expert_shard(self, index: int) -> Path:
-        return self.expert_scores / f"shard-{index:05d}.parquet"
-
     @property
     def samples_pending(self) -> Path:
+        """Shards between the engine stage and the verifier stage (no verdicts yet)."""
         return self.folder("samples_pending")
-
-    def pending_shard(self, index: int) -> Path:
-        """A shard's rows between the engine stage and the verifier stage (no verdicts yet)."""
-        return self.samples_pending / f"shard-{index:05d}.parquet"
 
     @property
     def report(self) -> Path:
         return self.root / "report"
+
+    def part(self, name: str, index: int) -> Path:
+        """Shard ``index`` of a sharded table (samples, samples_pending, expert_scores)."""
+        return self.folder(name) / f"shard-{index:05d}.parquet"
+
+    def shard(self, index: int) -> Path:
+        return self.part("samples", index)
+
+    def expert_shard(self, index: int) -> Path:
+        return self.part("expert_scores", index)
+
+    def pending_shard(self, index: int) -> Path:
+        return self.part("samples_pending", index)
 
     def pending_done(self, index: int, key: str) -> bool:
         path = self.pending_shard(index)

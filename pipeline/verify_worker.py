@@ -45,7 +45,24 @@ def _equivalent(gold: list[Any], pred: list[Any]) -> bool:
     return bool(verify(gold, pred, timeout_seconds=None))
 
 
-def worker_main(conn: Connection, soft_timeout_s: float, memory_limit_mb: int) -> None:
+def _guarded(soft_timeout_s: float, fn: Any, *args: Any) -> tuple[str, Any]:
+    """Run one parse or comparison under the interval timer: (status, value or error detail)."""
+    signal.setitimer(signal.ITIMER_REAL, soft_timeout_s)
+    try:
+        return "ok", fn(*args)
+    except _Deadline:
+        return "timeout", None
+    except MemoryError:
+        return "error", "memory limit exceeded"
+    except RecursionError:
+        return "error", "recursion limit exceeded"
+    except Exception as e:
+        return "error", f"{type(e).__name__}: {_short(e)}"
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+
+
+def _setup(memory_limit_mb: int) -> None:
     if memory_limit_mb > 0:
         try:
             import resource
@@ -62,21 +79,35 @@ def worker_main(conn: Connection, soft_timeout_s: float, memory_limit_mb: int) -
     signal.signal(signal.SIGALRM, _on_alarm)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent owns Ctrl-C and shuts us down
 
-    def guarded(fn: Any, *args: Any) -> tuple[str, Any]:
-        signal.setitimer(signal.ITIMER_REAL, soft_timeout_s)
-        try:
-            return "ok", fn(*args)
-        except _Deadline:
-            return "timeout", None
-        except MemoryError:
-            return "error", "memory limit exceeded"
-        except RecursionError:
-            return "error", "recursion limit exceeded"
-        except Exception as e:
-            return "error", f"{type(e).__name__}: {_short(e)}"
-        finally:
-            signal.setitimer(signal.ITIMER_REAL, 0)
 
+def _job(conn: Connection, soft_timeout_s: float, gold: str, items: list[str]) -> None:
+    """One problem: parse the gold once, then parse and compare each answer against it."""
+    status, gold_parsed = _guarded(soft_timeout_s, _parse, gold)
+    if status == "ok" and not any(not isinstance(x, str) for x in gold_parsed):
+        # Only Math-Verify's raw-string fallback matched: nothing a prediction can be compared to.
+        conn.send(("gold", "unparseable", None))
+        return
+    if status != "ok":
+        conn.send(("gold", status, gold_parsed))
+        return
+    conn.send(("gold", "ok", _short(gold_parsed[0])))
+    for extracted in items:
+        status, pred = _guarded(soft_timeout_s, _parse, extracted)
+        if status != "ok":
+            conn.send(("item", status, None, pred))
+            continue
+        if not pred:
+            conn.send(("item", "incorrect", None, "answer could not be parsed"))
+            continue
+        status, same = _guarded(soft_timeout_s, _equivalent, gold_parsed, pred)
+        if status != "ok":
+            conn.send(("item", status, _short(pred[0]), same))
+        else:
+            conn.send(("item", "correct" if same else "incorrect", _short(pred[0]), None))
+
+
+def worker_main(conn: Connection, soft_timeout_s: float, memory_limit_mb: int) -> None:
+    _setup(memory_limit_mb)
     conn.send(("ready",))
     while True:
         try:
@@ -85,29 +116,7 @@ def worker_main(conn: Connection, soft_timeout_s: float, memory_limit_mb: int) -
             return
         if msg is None:
             return
-        gold, items = msg
-        status, gold_parsed = guarded(_parse, gold)
-        if status == "ok" and not any(not isinstance(x, str) for x in gold_parsed):
-            # Only Math-Verify's raw-string fallback matched: nothing a prediction can be compared to.
-            conn.send(("gold", "unparseable", None))
-            continue
-        if status != "ok":
-            conn.send(("gold", status, gold_parsed))
-            continue
-        conn.send(("gold", "ok", _short(gold_parsed[0])))
-        for extracted in items:
-            status, pred = guarded(_parse, extracted)
-            if status != "ok":
-                conn.send(("item", status, None, pred))
-                continue
-            if not pred:
-                conn.send(("item", "incorrect", None, "answer could not be parsed"))
-                continue
-            status, same = guarded(_equivalent, gold_parsed, pred)
-            if status != "ok":
-                conn.send(("item", status, _short(pred[0]), same))
-            else:
-                conn.send(("item", "correct" if same else "incorrect", _short(pred[0]), None))
+        _job(conn, soft_timeout_s, *msg)
 
 
 if __name__ == "__main__" and len(sys.argv) == 5 and sys.argv[1] == "--worker":

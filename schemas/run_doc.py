@@ -30,15 +30,12 @@ class EngineInfo(Section):
     chat_template: str | None = None
 
 
-class ModelInfo(Section):
+class ModelInfo(EngineInfo):
+    """The model a run sampled, and the engine that ran it."""
+
     id: str | None = None  # a Hub id as it is, a local folder by its name only
     revision: str | None = None
     fingerprint: str | None = None
-    engine: str | None = None
-    max_model_len: int | None = None
-    per_request_seeds: bool | None = None
-    chat_template_digest: str | None = None
-    chat_template: str | None = None
 
 
 class PromptsInfo(Section):

@@ -9,16 +9,18 @@ from pathlib import Path
 
 # Before any import of prefect, vllm, transformers or datasets.
 _PREFECT_HOME = tempfile.mkdtemp(prefix="expo-prefect-")
-os.environ.setdefault("PREFECT_HOME", _PREFECT_HOME)
-os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
-os.environ.setdefault("DO_NOT_TRACK", "1")
-os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
-os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
-os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
-os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
-os.environ["HF_HUB_OFFLINE"] = "1"
-os.environ["HF_DATASETS_OFFLINE"] = "1"
-os.environ["TRANSFORMERS_OFFLINE"] = "1"
+_DEFAULTS = {
+    "PREFECT_HOME": _PREFECT_HOME,
+    "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+    "DO_NOT_TRACK": "1",
+    "PREFECT_LOGGING_LEVEL": "WARNING",
+    "VLLM_CPU_KVCACHE_SPACE": "1",
+    "VLLM_ENABLE_V1_MULTIPROCESSING": "0",
+    "VLLM_LOGGING_LEVEL": "WARNING",
+}
+for _key, _value in _DEFAULTS.items():
+    os.environ.setdefault(_key, _value)
+os.environ.update(HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", TRANSFORMERS_OFFLINE="1")
 
 import pytest  # noqa: E402
 
@@ -74,6 +76,17 @@ def quickstart_run(prefect_harness, tmp_path_factory):
 
     out = tmp_path_factory.mktemp("quickstart") / "qs-vllm"
     return RunDir(generate_flow(str(QUICKSTART), overrides=[f"output_dir={out}"]))
+
+
+# Fixtures that load a model (an engine, a tokenizer, a TRL trainer on the tiny model): a test that
+# uses one is marked `engine`, so `make test-fast` can leave them out without a list to keep.
+ENGINE_FIXTURES = {"tiny_model", "hf_engine", "vllm_engine"}
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if ENGINE_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.engine)
 
 
 def pytest_sessionfinish(session, exitstatus):

@@ -1,6 +1,7 @@
 """The produced datasets on the real path: `datasets`, TRL's trainers and reward, verl's reading."""
 
 import json
+import math
 
 import pytest
 
@@ -89,24 +90,70 @@ def _common(tmp_path):
     )
 
 
-def test_dpo_trainer_trains_on_the_dpo_folder(quickstart_run, tiny_model, tmp_path):
+def _trained(trainer):
+    """Train and say whether the weights moved: a trainer that consumed no loss changes nothing."""
+    import torch
+
+    before = [p.detach().clone() for p in trainer.model.parameters()]
+    result = trainer.train()
+    moved = any(not torch.equal(a, b.detach()) for a, b in zip(before, trainer.model.parameters(), strict=True))
+    return result, moved
+
+
+def test_dpo_trainer_consumes_the_plain_prompt_and_both_answers(quickstart_run, tiny_model, tmp_path):
+    """What DPOTrainer tokenised is our row through the model's chat template: the plain CoT prompt
+    (no answer sentence), then the chosen explanation and the rejected CoT as assistant turns ending
+    in the end-of-turn token; its loss sees the completions only."""
     from trl import DPOConfig, DPOTrainer
 
+    from pipeline.prompts import encode_chat
+
     model, tok = _tiny(tiny_model)
+    rows = _load(quickstart_run, "dpo")
     args = DPOConfig(**_common(tmp_path), max_length=512, beta=0.1)
-    trainer = DPOTrainer(model=model, args=args, train_dataset=_load(quickstart_run, "dpo"), processing_class=tok)
-    result = trainer.train()
-    assert result.global_step == 2 and result.training_loss == result.training_loss  # not NaN
+    trainer = DPOTrainer(model=model, args=args, train_dataset=rows, processing_class=tok)
+    consumed = trainer.train_dataset
+    assert {"prompt_ids", "chosen_ids", "rejected_ids"} <= set(consumed.column_names)
+    for i in range(3):
+        row, got = rows[i], consumed[i]
+        assert got["prompt_ids"] == encode_chat(tok, row["prompt"])
+        assert "The correct final answer is" not in tok.decode(got["prompt_ids"])
+        assert tok.decode(got["chosen_ids"]) == row["chosen"][0]["content"] + "<|im_end|>\n"
+        assert tok.decode(got["rejected_ids"]) == row["rejected"][0]["content"] + "<|im_end|>\n"
+    batch = trainer.data_collator([consumed[0]])
+    n, chosen = len(consumed[0]["prompt_ids"]), len(consumed[0]["chosen_ids"])
+    mask = batch["completion_mask"][0].tolist()  # row 0 is the chosen sequence, padded to the longer side
+    assert mask[:n] == [0] * n and mask[n : n + chosen] == [1] * chosen and set(mask[n + chosen :]) <= {0}
+    result, moved = _trained(trainer)
+    assert result.global_step == 2 and math.isfinite(result.training_loss) and moved
 
 
-def test_sft_trainer_trains_on_the_sft_folder(quickstart_run, tiny_model, tmp_path):
+def test_sft_trainer_consumes_the_explanation_after_the_plain_prompt_with_loss_on_it_only(
+    quickstart_run, tiny_model, tmp_path
+):
     from trl import SFTConfig, SFTTrainer
 
+    from pipeline.prompts import encode_chat
+
     model, tok = _tiny(tiny_model)
+    rows = _load(quickstart_run, "sft")
     args = SFTConfig(**_common(tmp_path), max_length=512)
-    trainer = SFTTrainer(model=model, args=args, train_dataset=_load(quickstart_run, "sft"), processing_class=tok)
-    result = trainer.train()
-    assert result.global_step == 2 and result.training_loss == result.training_loss
+    trainer = SFTTrainer(model=model, args=args, train_dataset=rows, processing_class=tok)
+    consumed = trainer.train_dataset
+    for i in range(3):
+        row, got = rows[i], consumed[i]
+        prompt = encode_chat(tok, row["prompt"])
+        n = len(prompt)
+        assert got["input_ids"][:n] == prompt
+        assert tok.decode(got["input_ids"][n:]) == row["completion"][0]["content"] + "<|im_end|>\n"
+        assert got["labels"][:n] == [-100] * n and got["labels"][n:] == got["input_ids"][n:]
+    batch = trainer.data_collator([consumed[0], consumed[1]])
+    n = len(encode_chat(tok, rows[0]["prompt"]))
+    assert (batch["labels"][0][:n] == -100).all() and (
+        batch["labels"][0][n : len(consumed[0]["input_ids"])] != -100
+    ).all()
+    result, moved = _trained(trainer)
+    assert result.global_step == 2 and math.isfinite(result.training_loss) and moved
 
 
 def test_grpo_trainer_trains_on_the_grpo_folder_with_trl_accuracy_reward(quickstart_run, tiny_model, tmp_path):

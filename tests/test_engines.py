@@ -137,3 +137,55 @@ def test_sampling_validation():
         Sampling(n=1, temperature=1, top_p=0, max_tokens=1, seed=0)
     with pytest.raises(ValueError):
         Sampling(n=1, temperature=1, top_p=1, max_tokens=0, seed=0)
+
+
+@pytest.mark.parametrize("name", ENGINES)
+def test_both_engines_apply_one_context_rule(name, request):
+    """A sequence fits when it leaves room for one more token, in either engine: a prompt one token
+    short of the context generates, a prompt of the whole context becomes an error result, and a
+    scored pair of the whole context is refused."""
+    engine = request.getfixturevalue(name)
+    limit = engine.max_model_len
+    sampling = Sampling(n=1, temperature=0.0, top_p=1.0, max_tokens=4, seed=0)
+    filler = engine.tokenizer.encode("1 + 1", add_special_tokens=False)[0]
+    fits, too_long = [Request("fits", [filler] * (limit - 1), sampling), Request("long", [filler] * limit, sampling)]
+    ok, refused = engine.generate([fits, too_long])
+    assert ok.error is None and len(ok.completions[0].token_ids) == 1  # the one token there was room for
+    assert refused.error is not None and "context" in refused.error and not refused.completions
+    assert len(engine.score([[filler] * (limit - 2)], [[filler]])[0]) == 1
+    with pytest.raises(ValueError, match="context"):
+        engine.score([[filler] * (limit - 1)], [[filler]])
+
+
+@pytest.mark.parametrize("name", ENGINES)
+def test_both_engines_raise_engine_error_when_the_model_call_fails(name, request, monkeypatch):
+    from pipeline.errors import EngineError
+
+    engine = request.getfixturevalue(name)
+    if name == "vllm_engine":
+        monkeypatch.setattr(engine.llm, "generate", _broken)
+    else:
+        monkeypatch.setattr(engine, "model", _BrokenModel(engine.model))
+    with pytest.raises(EngineError, match="generate failed: RuntimeError: device lost"):
+        engine.generate(_requests(engine, n=1, max_tokens=4))
+    with pytest.raises(EngineError, match="scoring failed: RuntimeError: device lost"):
+        engine.score([[1, 2, 3]], [[4]])
+
+
+def _broken(*args, **kwargs):
+    raise RuntimeError("device lost")
+
+
+class _BrokenModel:
+    """The hf engine's model with its forward pass and generate broken, all else as it was."""
+
+    def __init__(self, inner):
+        self.inner = inner
+
+    def __call__(self, *args, **kwargs):
+        _broken()
+
+    generate = staticmethod(_broken)
+
+    def __getattr__(self, attr):
+        return getattr(self.inner, attr)

@@ -1,12 +1,11 @@
 """The hostile-input corpus (tests/data/hostile_inputs.jsonl): every case ends in its exact outcome,
 a quarantined row with a reason or an error naming what is wrong; never a hang, never execution of
-input text. The whole corpus runs under a fixed time bound."""
+input text. `bench/hostile.py` times the whole corpus (deadlines bound it; a test asserts outcomes only)."""
 
 from __future__ import annotations
 
 import base64
 import json
-import time
 from pathlib import Path
 
 import pytest
@@ -17,7 +16,6 @@ from pipeline.problems import ProblemsError, load_problems
 CORPUS = Path(__file__).parent / "data" / "hostile_inputs.jsonl"
 CASES = [json.loads(line) for line in CORPUS.read_text().splitlines() if line.strip()]
 MARKER = "EXPO_PWNED"
-TIME_BOUND_S = 120.0
 
 
 def _write_input(case: dict, folder: Path) -> Path:
@@ -105,16 +103,6 @@ def test_hostile_case(case, pool, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)  # a payload that wrote files would write them here
     check(case, run_case(case, tmp_path, pool))
     assert not list(tmp_path.rglob(f"*{MARKER}*")) and not Path("/tmp", MARKER).exists()
-
-
-def test_the_whole_corpus_finishes_within_its_bound(pool, tmp_path):
-    t0 = time.monotonic()
-    for i, case in enumerate(CASES):
-        folder = tmp_path / str(i)
-        folder.mkdir()
-        run_case(case, folder, pool)
-    elapsed = time.monotonic() - t0
-    assert elapsed < TIME_BOUND_S, f"corpus took {elapsed:.1f}s"
 
 
 def test_chat_templates_render_sandboxed(tiny_model):

@@ -51,30 +51,11 @@ def _load(model_cfg: Any, seed: int) -> Engine:
     if model_cfg.engine == "vllm":
         from pipeline.engines.vllm import VLLMEngine
 
-        return VLLMEngine(
-            model_cfg.path,
-            revision=model_cfg.revision,
-            dtype=model_cfg.dtype,
-            device=model_cfg.device,
-            max_model_len=model_cfg.max_model_len,
-            seed=seed,
-            tensor_parallel_size=model_cfg.tensor_parallel_size,
-            gpu_memory_utilization=model_cfg.gpu_memory_utilization,
-            cpu_kvcache_gib=model_cfg.cpu_kvcache_gib,
-            trust_remote_code=model_cfg.trust_remote_code,
-        )
+        return VLLMEngine(model_cfg, seed)
     if model_cfg.engine == "hf":
         from pipeline.engines.hf import HFEngine
 
-        return HFEngine(
-            model_cfg.path,
-            revision=model_cfg.revision,
-            dtype=model_cfg.dtype,
-            device=model_cfg.device,
-            max_model_len=model_cfg.max_model_len,
-            batch_size=model_cfg.hf_batch_size,
-            trust_remote_code=model_cfg.trust_remote_code,
-        )
+        return HFEngine(model_cfg, seed)
     raise ValueError(f"unknown engine {model_cfg.engine!r}; use 'vllm' or 'hf'")
 
 

@@ -8,7 +8,7 @@ are computed from raw logits (``output_logits``), as vLLM's default ``raw_logpro
 from __future__ import annotations
 
 from itertools import groupby
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pipeline.engines.base import (
     Completion,
@@ -21,6 +21,9 @@ from pipeline.engines.base import (
     stop_token_ids,
     too_long,
 )
+
+if TYPE_CHECKING:
+    from pipeline.config import ModelConfig
 
 
 def _pick_device(device: str) -> str:
@@ -48,32 +51,23 @@ class HFEngine:
     name = "hf"
     supports_request_seed = False
 
-    def __init__(
-        self,
-        model: str,
-        revision: str | None = None,
-        dtype: str = "auto",
-        device: str = "auto",
-        max_model_len: int | None = None,
-        batch_size: int = 16,
-        trust_remote_code: bool = False,
-        score_batch_tokens: int = 16384,
-    ):
+    def __init__(self, cfg: ModelConfig, seed: int = 0, score_batch_tokens: int = 16384):
+        """``seed`` is unused: transformers samples from the global generator, which ``generate``
+        reseeds per batch from the call's seed."""
         import torch
         from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
-        self.model_id = model
-        self.device = _pick_device(device)
-        config = AutoConfig.from_pretrained(model, revision=revision, trust_remote_code=trust_remote_code)
-        self.torch_dtype = _pick_dtype(dtype, self.device, config)
-        self.tokenizer = AutoTokenizer.from_pretrained(model, revision=revision, trust_remote_code=trust_remote_code)
-        self.model = AutoModelForCausalLM.from_pretrained(
-            model, revision=revision, dtype=self.torch_dtype, trust_remote_code=trust_remote_code
-        ).to(self.device)
+        self.model_id = cfg.path
+        self.device = _pick_device(cfg.device)
+        hub = {"revision": cfg.revision, "trust_remote_code": cfg.trust_remote_code}
+        config = AutoConfig.from_pretrained(cfg.path, **hub)
+        self.torch_dtype = _pick_dtype(cfg.dtype, self.device, config)
+        self.tokenizer = AutoTokenizer.from_pretrained(cfg.path, **hub)
+        self.model = AutoModelForCausalLM.from_pretrained(cfg.path, dtype=self.torch_dtype, **hub).to(self.device)
         self.model.eval()
         context = getattr(config, "max_position_embeddings", None) or 2048
-        self.max_model_len = min(max_model_len, context) if max_model_len else context
-        self.batch_size = batch_size
+        self.max_model_len = min(cfg.max_model_len, context) if cfg.max_model_len else context
+        self.batch_size = cfg.hf_batch_size
         self.score_batch_tokens = score_batch_tokens
         self.stop_ids = stop_token_ids(self.tokenizer, getattr(self.model, "generation_config", None))
         self.pad_id = self.tokenizer.pad_token_id

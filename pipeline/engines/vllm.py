@@ -13,7 +13,7 @@ rewind ("CPU Generator does not use offset"); with whole-prompt prefills nothing
 from __future__ import annotations
 
 import os
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pipeline.engines.base import (
     Completion,
@@ -25,6 +25,9 @@ from pipeline.engines.base import (
     too_long,
 )
 from pipeline.errors import EngineError
+
+if TYPE_CHECKING:
+    from pipeline.config import ModelConfig
 
 
 def _cuda_available() -> bool:
@@ -50,20 +53,8 @@ def configure_env(device: str, cpu_kvcache_gib: int) -> bool:
 class VLLMEngine:
     name = "vllm"
 
-    def __init__(
-        self,
-        model: str,
-        revision: str | None = None,
-        dtype: str = "auto",
-        device: str = "auto",
-        max_model_len: int | None = None,
-        seed: int = 0,
-        tensor_parallel_size: int = 1,
-        gpu_memory_utilization: float = 0.85,
-        cpu_kvcache_gib: int = 1,
-        trust_remote_code: bool = False,
-    ):
-        self.on_cpu = configure_env(device, cpu_kvcache_gib)
+    def __init__(self, cfg: ModelConfig, seed: int = 0):
+        self.on_cpu = configure_env(cfg.device, cfg.cpu_kvcache_gib)
         try:
             import vllm
         except ImportError as e:
@@ -73,23 +64,23 @@ class VLLMEngine:
             ) from None
         self._vllm = vllm
         kwargs: dict[str, Any] = dict(
-            model=model,
-            revision=revision,
+            model=cfg.path,
+            revision=cfg.revision,
             seed=seed,
-            dtype=("float32" if self.on_cpu else "auto") if dtype == "auto" else dtype,
-            max_model_len=max_model_len,
+            dtype=("float32" if self.on_cpu else "auto") if cfg.dtype == "auto" else cfg.dtype,
+            max_model_len=cfg.max_model_len,
             generation_config="vllm",  # never let generation_config.json change sampling silently
-            trust_remote_code=trust_remote_code,
-            tensor_parallel_size=tensor_parallel_size,
+            trust_remote_code=cfg.trust_remote_code,
+            tensor_parallel_size=cfg.tensor_parallel_size,
             use_tqdm_on_load=False,  # progress is ours to draw
         )
         if self.on_cpu:
             kwargs["enforce_eager"] = True
             kwargs["enable_chunked_prefill"] = False
         else:
-            kwargs["gpu_memory_utilization"] = gpu_memory_utilization
+            kwargs["gpu_memory_utilization"] = cfg.gpu_memory_utilization
         self.llm = vllm.LLM(**kwargs)
-        self.model_id = model
+        self.model_id = cfg.path
         self.tokenizer = self.llm.get_tokenizer()
         self.max_model_len = int(self.llm.llm_engine.model_config.max_model_len)
         self.supports_request_seed = True
@@ -97,7 +88,7 @@ class VLLMEngine:
         try:
             from transformers import GenerationConfig
 
-            hf_gen = GenerationConfig.from_pretrained(model, revision=revision)
+            hf_gen = GenerationConfig.from_pretrained(cfg.path, revision=cfg.revision)
         except (OSError, ValueError):
             pass
         self.stop_ids = stop_token_ids(self.tokenizer, hf_gen)

@@ -98,13 +98,7 @@ def build_tiny_model(
             f"explanation accuracy {metrics['explanation_accuracy']:.1%}, "
             f"CoT accuracy {metrics['cot_accuracy']:.1%}"
         )
-        model.generation_config.do_sample = True
-        model.generation_config.temperature = 1.0
-        model.generation_config.top_p = 1.0
-        model.generation_config.max_new_tokens = 256
-        model.generation_config.pad_token_id = tokenizer.pad_token_id
-        model.generation_config.eos_token_id = tokenizer.eos_token_id
-
+        _generation_defaults(model, tokenizer)
         info = {
             "recipe_version": BUILD_RECIPE_VERSION,
             "recipe": asdict(recipe),
@@ -145,6 +139,12 @@ def _new_model(tokenizer: Any, recipe: TinyRecipe) -> Any:
         torch_dtype="float32",
     )
     return Qwen2ForCausalLM(config)
+
+
+def _generation_defaults(model: Any, tokenizer: Any) -> None:
+    gc = model.generation_config
+    gc.do_sample, gc.temperature, gc.top_p, gc.max_new_tokens = True, 1.0, 1.0, 256
+    gc.pad_token_id, gc.eos_token_id = tokenizer.pad_token_id, tokenizer.eos_token_id
 
 
 def _save(model: Any, tokenizer: Any, info: dict[str, Any], out_dir: Path) -> Path:
