@@ -41,7 +41,8 @@ T = TypeVar("T")
 
 
 def error(message: str) -> None:
-    err_console.print(f"[bold red]error:[/] {escape(message)}", highlight=False)
+    # soft_wrap: the terminal wraps a long message; rich would break paths in it with newlines.
+    err_console.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)
 
 
 def fmt(value: Any) -> str:

@@ -13,7 +13,7 @@ from __future__ import annotations
 import hashlib
 import json
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -218,7 +218,6 @@ class RunResults:
     build: BuildStats
     timings: Timings
     engine: EngineInfo
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 def finish_run(cfg: RunConfig, run: RunDir, results: RunResults) -> RunDoc:

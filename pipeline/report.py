@@ -65,7 +65,7 @@ def _table_rows(run: RunDir) -> dict[str, int]:
     return {name: parquet_rows(run.table(name)) if run.table(name).exists() else 0 for name in schemas.DATASETS}
 
 
-PAIR_TABLES = ("dpo", "dpo_expert", "dpo_self", "sft")
+PAIR_TABLES = tuple(name for name in schemas.DATASETS if name != "grpo")  # a row per pair or text
 
 
 def _hist(ax: Any, series: dict[str, np.ndarray], xlabel: str) -> None:
@@ -184,27 +184,34 @@ def _plot_accuracy(data: ReportData) -> Any:
     return fig
 
 
-def _plot_nll(data: ReportData) -> Any:
+def _hist_figure(series: dict[str, np.ndarray], xlabel: str, title: str) -> Any:
     fig, ax = _figure()
-    series = {
-        "explanation": data.series["explanation", "nll_mean"],
-        "own CoT": data.series["cot", "nll_mean"],
-        "expert solution": data.expert_nll,
-    }
-    _hist(ax, series, "mean per-token NLL after the plain prompt (lower = more in-distribution)")
-    ax.set_title("In-distribution: nll_mean")
+    _hist(ax, series, xlabel)
+    ax.set_title(title)
     return fig
+
+
+def _plot_nll(data: ReportData) -> Any:
+    return _hist_figure(
+        {
+            "explanation": data.series["explanation", "nll_mean"],
+            "own CoT": data.series["cot", "nll_mean"],
+            "expert solution": data.expert_nll,
+        },
+        "mean per-token NLL after the plain prompt (lower = more in-distribution)",
+        "In-distribution: nll_mean",
+    )
 
 
 def _plot_answer(data: ReportData) -> Any:
-    fig, ax = _figure()
-    series = {
-        "explanation": data.series["explanation", "answer_logprob"],
-        "own incorrect CoT": data.series["incorrect cot", "answer_logprob"],
-    }
-    _hist(ax, series, "log p(\\boxed{gold | prompt, text before its answer); the closing brace is not scored")
-    ax.set_title("Answer signal: answer_logprob")
-    return fig
+    return _hist_figure(
+        {
+            "explanation": data.series["explanation", "answer_logprob"],
+            "own incorrect CoT": data.series["incorrect cot", "answer_logprob"],
+        },
+        "log p(\\boxed{gold | prompt, text before its answer); the closing brace is not scored",
+        "Answer signal: answer_logprob",
+    )
 
 
 def _plot_pairs(data: ReportData) -> Any:

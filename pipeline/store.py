@@ -137,7 +137,7 @@ def _shares_a_folder(path: str, root: str) -> bool:
         common = os.path.commonpath([path, root])
     except ValueError:  # different drives
         return False
-    return common not in ("", os.sep) and os.path.dirname(common) != common
+    return os.path.dirname(common) != common  # "/" is its own parent
 
 
 class RunDir:
