@@ -61,6 +61,8 @@ def _sample(p: dict, kind: str, j: int, rng: random.Random) -> dict:
         "parsed_answer": "1",
         "verdict": verdict,
         "verdict_detail": None,
+        "extracted_by": None,
+        "alt_verdict": None,
         "finish_reason": "stop",
         "prompt_tokens": 40,
         "completion_tokens": 300,

@@ -1,10 +1,11 @@
 """The `expo-data` command line: argument parsing and printing; the work is in ``pipeline`` and the
 flows, the drawing in ``flows.views``.
 
-Every command runs behind one boundary (:class:`_App`): it installs credential masking on every
-log record, and turns an :class:`~pipeline.errors.ExpoDataError` into one printed message and an
-exit status (2 for a mistake the user can fix, 1 for work that failed); only real bugs show a
-traceback.
+Every command runs behind one boundary (:class:`_App`): it sets up the process's logging
+(``pipeline.logs``: credentials masked in every record; a user's mistake kept off the terminal
+unless ``--verbose``), and turns an :class:`~pipeline.errors.ExpoDataError` into one printed message
+and an exit status (2 for a mistake the user can fix, 1 for work that failed); only real bugs show
+a traceback.
 """
 
 from __future__ import annotations
@@ -24,10 +25,11 @@ from flows.views import console, err_console, error, with_progress
 def _boundary(fn: Callable[..., Any]) -> Callable[..., Any]:
     @functools.wraps(fn)
     def command(*args: Any, **kwargs: Any) -> Any:
+        from pipeline import logs
         from pipeline.errors import ExpoDataError
-        from pipeline.secrets import install_log_redaction, redact
+        from pipeline.secrets import redact
 
-        install_log_redaction()
+        logs.install(verbose=bool(kwargs.get("verbose", False)))
         try:
             return fn(*args, **kwargs)
         except ExpoDataError as e:
@@ -134,6 +136,11 @@ def inspect(
     print_inspection(run.read_doc(), peek_run(run, rows), width)
 
 
+class ExtractionArg(StrEnum):
+    boxed = "boxed"
+    boxed_or_final = "boxed_or_final"
+
+
 @app.command()
 def verify(
     file: Annotated[Path, typer.Argument(help="JSONL or Parquet with `gold` and `prediction` fields")],
@@ -142,14 +149,19 @@ def verify(
     prediction_key: Annotated[str, typer.Option(help="field holding the model output")] = "prediction",
     workers: Annotated[int, typer.Option(help="verifier processes")] = 2,
     timeout: Annotated[float, typer.Option(help="hard deadline per answer, seconds")] = 5.0,
+    extraction: Annotated[
+        ExtractionArg, typer.Option(help="boxed: boxes only; boxed_or_final: also a stated final answer")
+    ] = ExtractionArg.boxed_or_final,
 ) -> None:
-    """Label predictions against gold answers (last \\boxed{}, Math-Verify, hard deadlines)."""
+    """Label predictions against gold answers (the final box group, Math-Verify, hard deadlines)."""
     from pipeline.errors import InputFileError
     from pipeline.verify_file import verify_file
 
     if not file.exists():
         raise InputFileError(f"no such file: {file}")
-    target, counts = verify_file(file, out, gold_key, prediction_key, workers=workers, timeout_s=timeout)
+    target, counts = verify_file(
+        file, out, gold_key, prediction_key, workers=workers, timeout_s=timeout, extraction=extraction.value
+    )
     summary = ", ".join(f"{k}: {v}" for k, v in sorted(counts.items()))
     console.print(f"verified {sum(counts.values())} rows ({summary}) -> {target}")
 

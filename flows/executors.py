@@ -61,7 +61,8 @@ def verify_shard_task(
 ) -> ShardOutcome:
     """The verifier stage of a shard. ``generated`` (the engine stage's outcome, or its future) only
     orders this task after the engine stage; the stats themselves are read from the pending file."""
-    outcome = st.finish_shard(cfg, run, plan, shared_pool(cfg.verifier.workers, cfg.verifier.timeout_s))
+    v = cfg.verifier
+    outcome = st.finish_shard(cfg, run, plan, shared_pool(v.workers, v.timeout_s, v.extraction))
     if outcome.record is not None:
         r = outcome.record
         get_run_logger().info(

@@ -76,7 +76,8 @@ def run_generation(cfg: RunConfig, force_new: bool = False) -> str:
     run = manifest.start_run(cfg, force=force_new)
     get_run_logger().info("run %s: %s -> %s", cfg.name, cfg.problems.source, run.root)
     try:
-        problems = load_problems_task(cfg, run, shared_pool(cfg.verifier.workers, cfg.verifier.timeout_s))
+        v = cfg.verifier
+        problems = load_problems_task(cfg, run, shared_pool(v.workers, v.timeout_s, v.extraction))
         laps.mark("problems")
         outcomes = run_shards(cfg, run, stages.plan_shards(cfg, run))
         laps.mark("shards")

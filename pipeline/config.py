@@ -101,6 +101,11 @@ class PromptsConfig(Strict):
 class VerifierConfig(Strict):
     workers: int = Field(default=2, ge=1, description="verifier processes")
     timeout_s: float = Field(default=5.0, gt=0, description="hard deadline per answer")
+    extraction: Literal["boxed", "boxed_or_final"] = Field(
+        default="boxed_or_final",
+        description="how a final answer is found: boxes only, or also a stated final answer after the last box "
+        "(or in a text without one); see pipeline/answers.py",
+    )
     overlap: bool = Field(
         default=True,
         description="verify shard k while the engine generates shard k+1 (off: one stage after the other, "

@@ -126,7 +126,8 @@ def evaluate_policy(cfg: OnlineConfig, policy: str) -> dict[str, Any]:
         raise ConfigError("the online config has no eval section")
     run = base_run_config(cfg)
     model = with_values(run.model, {"path": policy, "revision": None})
-    with VerifierPool(workers=run.verifier.workers, timeout_s=run.verifier.timeout_s) as pool:
+    v = run.verifier
+    with VerifierPool(workers=v.workers, timeout_s=v.timeout_s, extraction=v.extraction) as pool:
         return evaluate(model, cfg.eval.problems, cfg.eval.spec(run.prompts.template), pool)
 
 

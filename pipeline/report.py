@@ -107,6 +107,8 @@ class ReportData:
     leak_by_level: pl.DataFrame
     leak_total: int
     leak_reasons: pl.DataFrame
+    read_by: pl.DataFrame  # texts per kind and how their final answer was found
+    other_policy: pl.DataFrame  # texts the other extraction policy reads otherwise: verdict -> its verdict
 
     @property
     def explanations(self) -> int:
@@ -115,7 +117,19 @@ class ReportData:
 
 def gather(run: RunDir) -> ReportData:
     samples = scan_samples(
-        run, ["problem_id", "kind", "level", "verdict", "nll_mean", "answer_logprob", "hint_leak", "hint_leak_reason"]
+        run,
+        [
+            "problem_id",
+            "kind",
+            "level",
+            "verdict",
+            "extracted_by",
+            "alt_verdict",
+            "nll_mean",
+            "answer_logprob",
+            "hint_leak",
+            "hint_leak_reason",
+        ],
     )
     schemas.check(pq.read_schema(run.problems), "problems", where=str(run.problems))
     problems = pq.read_table(run.problems, columns=["expert_nll_mean", "expert_answer_logprob"])
@@ -144,6 +158,12 @@ def gather(run: RunDir) -> ReportData:
         .group_by("hint_leak_reason")
         .len()
         .sort("len", descending=True)
+        .collect(engine="streaming"),
+        read_by=samples.group_by("kind", "extracted_by").len().sort("kind", "extracted_by").collect(engine="streaming"),
+        other_policy=samples.filter(pl.col("alt_verdict").is_not_null())
+        .group_by("kind", "verdict", "alt_verdict")
+        .len()
+        .sort("kind", "verdict", "alt_verdict")
         .collect(engine="streaming"),
     )
 
@@ -261,6 +281,7 @@ def _markdown(doc: RunDoc | None, fallback_name: str, data: ReportData) -> str:
         )
     lines += ["", "![accuracy by level](accuracy_by_level.png)", ""]
     lines += _properties_section(data) + _rows_section(doc, data) + _leaks_section(data)
+    lines += _extraction_section(doc, data)
     return "\n".join(lines)
 
 
@@ -320,3 +341,27 @@ def _leaks_section(data: ReportData) -> list[str]:
         lines += ["", "| reason | explanations |", "|---|---|"]
         lines += [f"| {r} | {n} |" for r, n in data.leak_reasons.iter_rows()]
     return [*lines, "", "![hint leaks](hint_leaks.png)", ""]
+
+
+def _extraction_section(doc: RunDoc | None, data: ReportData) -> list[str]:
+    """How final answers were found, and what the other extraction policy would have labelled
+    differently: the cost of the policy, in rows."""
+    policy = doc.config.verifier.extraction if doc is not None and doc.config is not None else "boxed_or_final"
+    other = "boxed" if policy == "boxed_or_final" else "boxed_or_final"
+    lines = [
+        f"## Answer extraction (`verifier.extraction: {policy}`)",
+        "",
+        "| text | final box | several boxes read together | final-answer statement | no answer |",
+        "|---|---|---|---|---|",
+    ]
+    counts = {(r["kind"], r["extracted_by"]): r["len"] for r in data.read_by.iter_rows(named=True)}
+    for kind in schemas.KINDS:
+        cells = [str(counts.get((kind, by), 0)) for by in ("box", "boxes", "statement", None)]
+        lines.append(f"| {kind} | " + " | ".join(cells) + " |")
+    changes = list(data.other_policy.iter_rows(named=True))
+    total = sum(r["len"] for r in changes)
+    lines += ["", f"Under `{other}`, {total} text(s) would be read otherwise" + (":" if changes else ".")]
+    if changes:
+        lines += ["", f"| text | verdict now | under `{other}` | texts |", "|---|---|---|---|"]
+        lines += [f"| {r['kind']} | {r['verdict']} | {r['alt_verdict']} | {r['len']} |" for r in changes]
+    return [*lines, ""]

@@ -2,15 +2,14 @@
 
 Tokens are read from the environment or huggingface_hub's login, handed to huggingface_hub and
 nowhere else. As a second line, every error message the CLI prints passes :func:`redact`, and every
-log record the process creates is masked by :func:`install_log_redaction` (which every command
-installs), whatever logger or handler it goes to.
+log record the process creates is masked (``pipeline.logs``, which every command installs),
+whatever logger or handler it goes to.
 """
 
 from __future__ import annotations
 
 import logging
 import os
-import threading
 
 # Environment variables that may hold a credential, whatever the tool that set them.
 SECRET_ENV_VARS = (
@@ -42,7 +41,7 @@ def redact(text: str) -> str:
     return text
 
 
-def _redact_record(record: logging.LogRecord, secrets: list[str]) -> None:
+def redact_record(record: logging.LogRecord, secrets: list[str]) -> None:
     """Mask credentials in a record's message (arguments included) and in its traceback, which
     handlers would otherwise render from the exception itself."""
     try:
@@ -59,33 +58,3 @@ def _redact_record(record: logging.LogRecord, secrets: list[str]) -> None:
         for secret in secrets:
             text = text.replace(secret, MASK)
         record.exc_text = text
-
-
-_installed = False
-_busy = threading.local()  # looking up secrets may itself log: never recurse into the factory
-
-
-def install_log_redaction() -> None:
-    """Mask credentials in every log record this process creates, whichever logger and handler it
-    goes to (our loggers, Prefect's console and API handlers, transformers'): the record factory is
-    the one place every record passes. Installed by the CLI for every command; idempotent."""
-    global _installed
-    if _installed:
-        return
-    make_record = logging.getLogRecordFactory()
-
-    def factory(*args: object, **kwargs: object) -> logging.LogRecord:
-        record = make_record(*args, **kwargs)
-        if getattr(_busy, "on", False):
-            return record
-        _busy.on = True
-        try:
-            secrets = known_secrets()
-            if secrets:
-                _redact_record(record, secrets)
-        finally:
-            _busy.on = False
-        return record
-
-    logging.setLogRecordFactory(factory)
-    _installed = True

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import pyarrow as pa
@@ -36,6 +36,7 @@ from pipeline.store import (
     read_table,
     write_parquet,
 )
+from pipeline.text import storable
 from pipeline.timeline import stamp, this_worker
 from pipeline.verify import VerifierPool
 from schemas.run_doc import EngineInfo, ProblemsSummary, ShardRecord
@@ -105,12 +106,21 @@ class Extra:
 
 @dataclass
 class Generated:
-    """One shard's engine call: the requests, what they stand for, and what came back."""
+    """One shard's engine call: the requests, what they stand for, and what came back (texts made
+    storable on arrival; ``unstorable`` says which were not, per (request id, sample index))."""
 
     problems: list[dict[str, Any]]
     requests: list[Request]
     meta: dict[str, RequestMeta]
     results: list[Result]
+    unstorable: dict[tuple[str, int], str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        for res in self.results:
+            for i, c in enumerate(res.completions):
+                c.text, problem = storable(c.text)
+                if problem is not None:
+                    self.unstorable[res.request_id, i] = problem
 
     def pairs(self) -> list[tuple[Request, Result, RequestMeta]]:
         return [(q, r, self.meta[q.request_id]) for q, r in zip(self.requests, self.results, strict=True)]
@@ -197,6 +207,10 @@ def sample_rows(cfg: RunConfig, index: int, gen: Generated, extras: list[list[Ex
         completions = [None] * req.sampling.n if res.error is not None else res.completions
         for i, c in enumerate(completions):
             x = xs[i] if c is not None else Extra()
+            # Verdicts are the verifier stage's; an engine failure, or a text that could not be
+            # stored as it came, is decided here.
+            problem = f"engine: {res.error}" if c is None else gen.unstorable.get((req.request_id, i))
+            problem = f"completion: {problem}" if c is not None and problem else problem
             rows.append(
                 {
                     "sample_id": f"{m.problem['problem_id']}/{m.kind}/{i}",
@@ -211,8 +225,10 @@ def sample_rows(cfg: RunConfig, index: int, gen: Generated, extras: list[list[Ex
                     "gold": m.problem["answer"],
                     "extracted": None,
                     "parsed_answer": None,
-                    "verdict": None if c else "error",
-                    "verdict_detail": None if c else f"engine: {res.error}",
+                    "verdict": "error" if problem else None,
+                    "verdict_detail": problem,
+                    "extracted_by": None,
+                    "alt_verdict": None,
                     "finish_reason": c.finish_reason if c else "error",
                     "prompt_tokens": res.prompt_tokens,
                     "completion_tokens": len(c.token_ids) if c else 0,
@@ -317,6 +333,8 @@ def _verify_pending(table: pa.Table, pool: VerifierPool) -> pa.Table:
     details = table.column("verdict_detail").to_pylist()
     extracted: list[str | None] = [None] * len(pids)
     parsed: list[str | None] = [None] * len(pids)
+    by: list[str | None] = [None] * len(pids)
+    alt: list[str | None] = [None] * len(pids)
     slots: dict[str, list[int]] = {}
     gold_of: dict[str, str] = {}
     for i, pid in enumerate(pids):
@@ -328,11 +346,14 @@ def _verify_pending(table: pa.Table, pool: VerifierPool) -> pa.Table:
     for pid, group in zip(order, grouped, strict=True):
         for i, v in zip(slots[pid], group, strict=True):
             verdicts[i], details[i], extracted[i], parsed[i] = v.verdict, v.detail, v.extracted, v.parsed
+            by[i], alt[i] = v.by, v.alt_verdict
     columns = {
         "verdict": pa.array(verdicts, pa.string()),
         "verdict_detail": pa.array(details, pa.string()),
         "extracted": pa.array(extracted, pa.string()),
         "parsed_answer": pa.array(parsed, pa.string()),
+        "extracted_by": pa.array(by, pa.string()),
+        "alt_verdict": pa.array(alt, pa.string()),
     }
     arrays = [columns.get(name, table.column(name)) for name in schemas.SAMPLES.names]
     return pa.Table.from_arrays(arrays, schema=schemas.SAMPLES)

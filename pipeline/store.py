@@ -298,7 +298,8 @@ def table_differences(
 ) -> list[str]:
     """How two run dirs' tables differ in content: rows, columns and every value, in order. File
     bytes are no test (they carry versions in their metadata); this is what "the same tables"
-    means. ``float_tolerant`` (table, column) pairs compare floats to a relative 1e-6."""
+    means. Tables of different schema versions are compared on the columns they share, and the
+    others are named. ``float_tolerant`` (table, column) pairs compare floats to a relative 1e-6."""
     import math
 
     tolerant = set(float_tolerant)
@@ -309,11 +310,15 @@ def table_differences(
             if pa_.exists() != pb.exists():
                 out.append(f"{name}: only in {a.root if pa_.exists() else b.root}")
             continue
-        ta, tb = read_table(pa_, name), read_table(pb, name)
+        ta, tb = (pa.concat_tables([pq.read_table(f) for f in parquet_files(p)]) for p in (pa_, pb))
         if ta.num_rows != tb.num_rows:
             out.append(f"{name}: {ta.num_rows} rows vs {tb.num_rows}")
             continue
-        for column in ta.column_names:
+        for column in [c for c in ta.column_names if c not in tb.column_names]:
+            out.append(f"{name}.{column}: only in {a.root}")
+        for column in [c for c in tb.column_names if c not in ta.column_names]:
+            out.append(f"{name}.{column}: only in {b.root}")
+        for column in [c for c in ta.column_names if c in tb.column_names]:
             x, y = ta.column(column).to_pylist(), tb.column(column).to_pylist()
             if (name, column) in tolerant:
                 same = all(

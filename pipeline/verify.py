@@ -23,15 +23,15 @@ import threading
 import time
 from collections import deque
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from multiprocessing.connection import Connection, wait
 from pathlib import Path
 from typing import Any
 
-from pipeline.answers import fast_verdict, last_boxed
+from pipeline.answers import POLICIES, Reading, fast_verdict, read_answer, read_answers
 from pipeline.errors import VerifierError
 
-VERIFIER_VERSION = "expo-verify-1"
+VERIFIER_VERSION = "expo-verify-2"  # 2: box groups, final-answer statements, the gold guard
 _PACKAGE_ROOT = str(Path(__file__).resolve().parent.parent)
 MAX_ANSWER_CHARS = 2000  # a "final answer" longer than this is not one; don't feed it to sympy
 
@@ -42,6 +42,8 @@ class Verdict:
     extracted: str | None = None
     parsed: str | None = None
     detail: str | None = None
+    by: str | None = None  # how the answer was found: box | boxes | statement (None: no answer)
+    alt_verdict: str | None = None  # the other extraction policy's verdict, where it reads otherwise
 
 
 @dataclass(frozen=True)
@@ -56,6 +58,8 @@ class GoldCheck:
 class _Job:
     gold: str
     items: list[tuple[int, str]]  # (output slot, extracted answer)
+    check: bool = False  # also compare the gold with itself and another value (loading problems)
+    gold_parsed: str | None = None  # the gold's parse, while its check runs
     gold_done: bool = False
 
 
@@ -67,6 +71,58 @@ class _Worker:
     next_item: int = 0
     deadline: float = 0.0
     results: dict[int, Verdict] = field(default_factory=dict)
+
+
+OTHER_POLICY = {"boxed": "boxed_or_final", "boxed_or_final": "boxed"}
+NO_ANSWER = Verdict("no_answer", None, None, "no final answer: no \\boxed{} and no final-answer statement")
+
+
+def gold_answer(gold: str) -> str:
+    """A gold given as a solution text (it has a box) is read by the same rule as a completion."""
+    if "\\boxed" in gold or "\\fbox" in gold:
+        reading = read_answer(gold, "boxed")
+        if reading is not None:
+            return reading.answer
+    return gold
+
+
+class _Plan:
+    """The items of one verify_groups call: each distinct (group, answer) parsed once, the rest
+    settled in the parent (no answer, too long, the literal fast path)."""
+
+    def __init__(self, pool: VerifierPool):
+        self.pool = pool
+        self.jobs: dict[int, _Job] = {}
+        self.slots: dict[tuple[int, str], int] = {}
+        self.n = 0
+
+    def add(self, g: int, gold: str, reading: Reading | None) -> Verdict | int:
+        stats = self.pool.stats
+        if reading is None:
+            stats["no_answer"] += 1
+            return NO_ANSWER
+        answer = reading.answer
+        if len(answer) > MAX_ANSWER_CHARS:
+            return Verdict("incorrect", answer[:MAX_ANSWER_CHARS], None, "answer too long to parse")
+        if (fast := fast_verdict(gold, answer)) is not None:
+            stats["fast_path"] += 1
+            detail = "matches the gold string" if fast else "differs from the gold literal"
+            return Verdict("correct" if fast else "incorrect", answer, None, detail)
+        if (g, answer) in self.slots:
+            stats["repeats"] += 1
+            return self.slots[g, answer]
+        slot = self.slots[g, answer] = self.n
+        self.n += 1
+        self.jobs.setdefault(g, _Job(gold=gold, items=[])).items.append((slot, answer))
+        return slot
+
+    @staticmethod
+    def resolve(ref: Verdict | int, results: dict[int, Verdict]) -> Verdict:
+        if isinstance(ref, Verdict):
+            return ref
+        if ref not in results:
+            raise RuntimeError("verifier lost track of an item; this is a bug in expo-data")
+        return results[ref]
 
 
 class VerifierPool:
@@ -82,12 +138,16 @@ class VerifierPool:
         timeout_s: float = 5.0,
         memory_limit_mb: int = 4096,
         soft_timeout_s: float | None = None,
+        extraction: str = "boxed_or_final",
     ):
+        if extraction not in POLICIES:
+            raise ValueError(f"unknown extraction policy {extraction!r}; use one of {', '.join(POLICIES)}")
         if workers < 1:
             raise ValueError("workers must be >= 1")
         if timeout_s <= 0:
             raise ValueError("timeout_s must be > 0")
         self.n_workers = workers
+        self.extraction = extraction
         self.timeout_s = float(timeout_s)
         # The in-worker timer settles most overruns without a restart; the parent's kill is the
         # guarantee for code no signal interrupts.
@@ -155,47 +215,33 @@ class VerifierPool:
 
     # public API ------------------------------------------------------------------------------
     def verify_groups(self, groups: Sequence[tuple[str, Sequence[str]]]) -> list[list[Verdict]]:
-        """Verdicts for each (gold, completions) group: the last box of each completion vs the gold."""
-        out: list[list[Verdict | None]] = [[None] * len(completions) for _, completions in groups]
-        slots: list[tuple[int, int]] = []
-        jobs: list[_Job] = []
-        repeats: list[tuple[int, int, int]] = []  # (group, index, slot of the same answer's first item)
+        """Verdicts for each (gold, completions) group: each completion's final answer, read by
+        :func:`pipeline.answers.read_answer` under this pool's extraction policy, against the gold.
+        Each verdict also says what the other policy would have given, where it reads otherwise."""
+        plan = _Plan(self)
+        entries = []
         for g, (gold, completions) in enumerate(groups):
-            items: list[tuple[int, str]] = []
-            first_slot: dict[str, int] = {}  # a verdict depends on (gold, answer) only: parse each once
-            for i, completion in enumerate(completions):
-                extracted = last_boxed(completion or "")
-                if extracted is None:
-                    out[g][i] = Verdict("no_answer", None, None, "no \\boxed{} in the completion")
-                    self.stats["no_answer"] += 1
-                elif len(extracted) > MAX_ANSWER_CHARS:
-                    out[g][i] = Verdict("incorrect", extracted[:MAX_ANSWER_CHARS], None, "answer too long to parse")
-                elif (fast := fast_verdict(gold, extracted)) is not None:
-                    detail = "matches the gold string" if fast else "differs from the gold literal"
-                    out[g][i] = Verdict("correct" if fast else "incorrect", extracted, None, detail)
-                    self.stats["fast_path"] += 1
-                elif extracted in first_slot:
-                    repeats.append((g, i, first_slot[extracted]))
-                    self.stats["repeats"] += 1
-                else:
-                    first_slot[extracted] = len(slots)
-                    items.append((len(slots), extracted))
-                    slots.append((g, i))
-            if items:
-                jobs.append(_Job(gold=gold, items=items))
-        results = self._run(jobs)
-        for slot, verdict in results.items():
-            g, i = slots[slot]
-            out[g][i] = verdict
-        for g, i, slot in repeats:
-            out[g][i] = results[slot]
-        if any(v is None for row in out for v in row):
-            raise RuntimeError("verifier lost track of an item; this is a bug in expo-data")
-        return out  # type: ignore[return-value]
+            gold = gold_answer(gold)
+            for text in completions:
+                readings = read_answers(text or "")
+                primary, other = readings[self.extraction], readings[OTHER_POLICY[self.extraction]]
+                same = (primary.answer if primary else None) == (other.answer if other else None)
+                entries.append((g, primary, plan.add(g, gold, primary), None if same else plan.add(g, gold, other)))
+        results = self._run(list(plan.jobs.values()))
+        out: list[list[Verdict]] = [[] for _ in groups]
+        for g, reading, ref, alt_ref in entries:
+            v = plan.resolve(ref, results)
+            if reading is not None and reading.by != "box":
+                v = replace(v, detail=f"{reading.describe()}; {v.detail}" if v.detail else reading.describe())
+            alt = plan.resolve(alt_ref, results).verdict if alt_ref is not None else None
+            out[g].append(replace(v, by=reading.by if reading else None, alt_verdict=alt))
+        return out
 
     def check_golds(self, golds: Sequence[str]) -> list[GoldCheck]:
-        """Parse each gold answer once, under the same deadlines; used to validate problems."""
-        jobs = [_Job(gold=g, items=[]) for g in golds]
+        """Parse each gold answer once and compare it with itself and with another value, under the
+        same deadlines (never the string fast path, which settles a gold equal to itself without
+        sympy); used to validate problems. A gold whose comparison cannot finish is a timeout."""
+        jobs = [_Job(gold=g, items=[], check=True) for g in golds]
         gold_results: dict[int, GoldCheck] = {}
         self._run(jobs, gold_results)
         return [gold_results[i] for i in range(len(golds))]
@@ -216,7 +262,7 @@ class VerifierPool:
         def assign(w: _Worker, job: _Job) -> None:
             w.job, w.next_item = job, 0
             w.deadline = time.monotonic() + self.timeout_s + self.grace_s
-            w.conn.send((job.gold, [e for _, e in job.items]))
+            w.conn.send((job.gold, [e for _, e in job.items], job.check))
 
         def finish_gold(job: _Job, check: GoldCheck) -> None:
             job.gold_done = True
@@ -252,8 +298,22 @@ class VerifierPool:
         job = w.job
         assert job is not None
         w.deadline = time.monotonic() + self.timeout_s + self.grace_s
+        if msg[0] == "check":
+            _, status, info = msg
+            if status == "ok":
+                finish_gold(job, GoldCheck(True, job.gold_parsed))
+            elif status == "timeout":
+                finish_gold(job, self._comparison_timeout())
+            else:
+                finish_gold(job, GoldCheck(False, None, "gold_error", f"comparing the gold failed: {info}"))
+            if status != "ok" or not job.items:
+                w.job = None
+            return
         if msg[0] == "gold":
             _, status, info = msg
+            if status == "ok" and job.check:
+                job.gold_parsed = info  # settled by the check that follows
+                return
             if status == "ok":
                 finish_gold(job, GoldCheck(True, info))
             elif status == "unparseable":
@@ -276,6 +336,11 @@ class VerifierPool:
         if w.next_item == len(job.items):
             w.job = None
 
+    def _comparison_timeout(self, killed: bool = False) -> GoldCheck:
+        how = " (killed)" if killed else ""
+        detail = f"comparing the gold with an answer exceeded {self.timeout_s:g} s{how}; parsing it did not"
+        return GoldCheck(False, None, "gold_timeout", detail)
+
     def _replace(
         self, w: _Worker, pending: deque, results: dict[int, Verdict], finish_gold: Any, died: str | None
     ) -> None:
@@ -289,6 +354,8 @@ class VerifierPool:
             if not job.gold_done:
                 if died:
                     finish_gold(job, GoldCheck(False, None, "gold_error", died))
+                elif job.gold_parsed is not None:
+                    finish_gold(job, self._comparison_timeout(killed=True))
                 else:
                     finish_gold(
                         job, GoldCheck(False, None, "gold_timeout", f"parsing exceeded {self.timeout_s:g} s (killed)")
@@ -306,20 +373,20 @@ class VerifierPool:
         w.process, w.conn, w.job, w.next_item = fresh.process, fresh.conn, None, 0
 
 
-_SHARED: dict[tuple[int, float], VerifierPool] = {}
+_SHARED: dict[tuple[int, float, str], VerifierPool] = {}
 _SHARED_LOCK = threading.Lock()
 
 
-def shared_pool(workers: int, timeout_s: float) -> VerifierPool:
+def shared_pool(workers: int, timeout_s: float, extraction: str = "boxed_or_final") -> VerifierPool:
     """The process's verifier pool for these settings, started once and reused by every shard stage
     in the process (a Ray worker takes many shards; starting interpreters per shard would cost
     seconds each). Closed by :func:`close_shared_pools`, or by the workers themselves when this
     process exits and their socket closes."""
-    key = (workers, float(timeout_s))
+    key = (workers, float(timeout_s), extraction)
     with _SHARED_LOCK:
         pool = _SHARED.get(key)
         if pool is None:
-            pool = _SHARED[key] = VerifierPool(workers=workers, timeout_s=timeout_s)
+            pool = _SHARED[key] = VerifierPool(workers=workers, timeout_s=timeout_s, extraction=extraction)
         return pool
 
 

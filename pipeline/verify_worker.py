@@ -3,8 +3,10 @@ under an interval timer. Started by :class:`pipeline.verify.VerifierPool` as
 ``python -m pipeline.verify_worker``; it imports Math-Verify and the answer normalisation only, so a
 worker starts fast and holds little memory.
 
-Protocol over a socket pair: the worker sends ``("ready",)``; then for each job ``(gold, [answers])``
-it sends ``("gold", status, parsed)`` and one ``("item", status, parsed, detail)`` per answer.
+Protocol over a socket pair: the worker sends ``("ready",)``; then for each job ``(gold, [answers],
+check)`` it sends ``("gold", status, parsed)``, with ``check`` one ``("check", status, detail)`` (the
+gold compared with itself and with another value: what every answer's comparison will cost), and
+one ``("item", status, parsed, detail)`` per answer.
 """
 
 from __future__ import annotations
@@ -80,8 +82,25 @@ def _setup(memory_limit_mb: int) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent owns Ctrl-C and shuts us down
 
 
-def _job(conn: Connection, soft_timeout_s: float, gold: str, items: list[str]) -> None:
-    """One problem: parse the gold once, then parse and compare each answer against it."""
+def _check(conn: Connection, soft_timeout_s: float, gold: str, gold_parsed: list[Any]) -> None:
+    """Compare the gold with itself and with a different value, each under the deadline: a gold that
+    parses but whose comparison cannot finish (``(10^{10^{10}})!``) would cost every sample the
+    full deadline."""
+    for other in (gold, "1" if clean_answer(gold) == "0" else "0"):
+        status, other_parsed = _guarded(soft_timeout_s, _parse, other)
+        if status == "ok":
+            status, detail = _guarded(soft_timeout_s, _equivalent, gold_parsed, other_parsed)
+        else:
+            detail = other_parsed
+        if status != "ok":
+            conn.send(("check", status, None if status == "timeout" else detail))
+            return
+    conn.send(("check", "ok", None))
+
+
+def _job(conn: Connection, soft_timeout_s: float, gold: str, items: list[str], check: bool = False) -> None:
+    """One problem: parse the gold once (and check what comparing it costs, when asked), then parse
+    and compare each answer against it."""
     status, gold_parsed = _guarded(soft_timeout_s, _parse, gold)
     if status == "ok" and not any(not isinstance(x, str) for x in gold_parsed):
         # Only Math-Verify's raw-string fallback matched: nothing a prediction can be compared to.
@@ -91,6 +110,8 @@ def _job(conn: Connection, soft_timeout_s: float, gold: str, items: list[str]) -
         conn.send(("gold", status, gold_parsed))
         return
     conn.send(("gold", "ok", _short(gold_parsed[0])))
+    if check:
+        _check(conn, soft_timeout_s, gold, gold_parsed)
     for extracted in items:
         status, pred = _guarded(soft_timeout_s, _parse, extracted)
         if status != "ok":

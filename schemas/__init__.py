@@ -70,7 +70,7 @@ PROBLEMS_REJECTED = _schema(
 
 SAMPLES = _schema(
     "samples",
-    2,
+    3,
     [
         pa.field("sample_id", pa.string(), nullable=False),  # problem_id/kind/index
         pa.field("problem_id", pa.string(), nullable=False),
@@ -82,10 +82,12 @@ SAMPLES = _schema(
         pa.field("prompt", MESSAGES, nullable=False),  # the chat messages the model saw
         pa.field("completion", pa.string(), nullable=False),
         pa.field("gold", pa.string(), nullable=False),
-        pa.field("extracted", pa.string()),  # content of the last \boxed{}, raw
+        pa.field("extracted", pa.string()),  # the final answer as read (pipeline.answers.read_answer), raw
         pa.field("parsed_answer", pa.string()),  # Math-Verify's parse of it
         pa.field("verdict", pa.string(), nullable=False),  # correct|incorrect|no_answer|timeout|error
         pa.field("verdict_detail", pa.string()),
+        pa.field("extracted_by", pa.string()),  # box | boxes | statement; null: no answer found
+        pa.field("alt_verdict", pa.string()),  # the other extraction policy's verdict, where it reads otherwise
         pa.field("finish_reason", pa.string(), nullable=False),  # stop | length | error
         pa.field("prompt_tokens", pa.int32(), nullable=False),
         pa.field("completion_tokens", pa.int32(), nullable=False),
@@ -188,12 +190,14 @@ SFT = _schema(
 
 VERIFIED = _schema(
     "verified",
-    1,
+    2,
     [
         pa.field("verdict", pa.string(), nullable=False),
         pa.field("extracted", pa.string()),
         pa.field("parsed_answer", pa.string()),
         pa.field("verdict_detail", pa.string()),
+        pa.field("extracted_by", pa.string()),
+        pa.field("alt_verdict", pa.string()),
     ],
 )
 """Columns `expo-data verify` appends to a user's file (the user's own columns stay as they are)."""

@@ -48,6 +48,8 @@ def _sample(pid, kind, i, verdict, nll=None, leak=None, answer_lp=None, level=1)
         "parsed_answer": "1",
         "verdict": verdict,
         "verdict_detail": None,
+        "extracted_by": None,
+        "alt_verdict": None,
         "finish_reason": "stop",
         "prompt_tokens": 10,
         "completion_tokens": 5,

@@ -66,7 +66,8 @@ def test_quickstart_tables(run_fixture, request):
         hinted = "The correct final answer is" in r["prompt"][0]["content"]
         assert hinted == (r["kind"] == "explanation")
         assert r["completion_tokens"] <= 160 and r["prompt_tokens"] > 0
-        assert (r["verdict"] == "no_answer") == (r["extracted"] is None)
+        assert (r["verdict"] == "no_answer") == (r["extracted"] is None) == (r["extracted_by"] is None)
+        assert r["extracted_by"] in ("box", "boxes", "statement", None)
     # the ExPO situation on the quickstart: explanations mostly right, plain CoT mostly wrong
     assert _accuracy(samples, "explanation") >= 0.5
     assert _accuracy(samples, "cot") <= 0.35
@@ -93,6 +94,7 @@ def test_quickstart_produces_every_table_and_the_report(vllm_run):
         assert (vllm_run.report / f"{png}.png").stat().st_size > 1000
     md = (vllm_run.report / "report.md").read_text()
     assert "## The two ExPO properties" in md and "![nll_mean](nll_mean.png)" in md
+    assert "## Answer extraction (`verifier.extraction: boxed_or_final`)" in md
     doc = json.loads(vllm_run.run_json.read_text())
     assert doc["build"]["settings"]["best_explanation"] == "lowest_nll"
     assert doc["build"]["rows"]["dpo"] == read_table(vllm_run.table("dpo"), "dpo").num_rows

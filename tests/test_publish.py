@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from pipeline.verify import VERIFIER_VERSION
 from tests.hub_recorder import HubRecorder
 
 pytestmark = pytest.mark.slow
@@ -56,7 +57,7 @@ def test_card_loads_with_huggingface_hub_and_says_what_made_the_data(quickstart_
     assert "text-generation" in data["task_categories"] and "expo" in data["tags"]
     doc = json.loads((quickstart_run.root / "run.json").read_text())
     assert doc["prompts"]["user"] in card.text and doc["prompts"]["answer_sentence"] in card.text
-    assert "expo-verify-1" in card.text and "@inproceedings{zhou2025expo" in card.text
+    assert VERIFIER_VERSION in card.text and "@inproceedings{zhou2025expo" in card.text
     assert "![accuracy_by_level](report/accuracy_by_level.png)" in card.text
     assert (tmp_path / "rel" / "report" / "accuracy_by_level.png").exists()
     assert "`dpo` | 59 |" in card.text and 'load_dataset("me/expo-quickstart", "grpo", split="train")' in card.text

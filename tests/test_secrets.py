@@ -23,11 +23,12 @@ def _files(*roots: Path):
 
 
 def test_redaction_masks_messages_arguments_and_tracebacks(monkeypatch):
-    from pipeline.secrets import install_log_redaction, redact
+    from pipeline import logs
+    from pipeline.secrets import redact
 
     monkeypatch.setenv("HF_TOKEN", FAKE)
     assert redact(f"401 for Bearer {FAKE}") == "401 for Bearer ***"
-    install_log_redaction()  # what every command does first
+    logs.install(verbose=True)  # what every command does first
     logger = logging.getLogger("any.library")
     try:
         raise RuntimeError(f"proxy said: token {FAKE} refused")

@@ -32,14 +32,23 @@ def test_case_file_is_big_and_covers_the_categories():
     assert len({c["id"] for c in CASES}) == len(CASES)
 
 
-def test_labelled_cases(pool):
-    verdicts = pool.verify_groups([(c["gold"], [c["prediction"]]) for c in CASES])
+@pytest.mark.parametrize("policy", ["boxed_or_final", "boxed"])
+def test_labelled_cases(policy, pool):
+    """Every case under both extraction policies (``expected_boxed`` where `boxed` differs), and
+    each verdict says what the other policy gives where it reads otherwise."""
+    key = "expected" if policy == "boxed_or_final" else "expected_boxed"
+    with VerifierPool(workers=2, extraction=policy) as p:
+        verdicts = p.verify_groups([(c["gold"], [c["prediction"]]) for c in CASES])
     wrong = [
-        f"{c['id']}: gold {c['gold']!r}, got {v[0].verdict} ({v[0].extracted!r}), expected {c['expected']}"
+        f"{c['id']}: gold {c['gold']!r}, got {v[0].verdict} ({v[0].extracted!r}), expected {c.get(key, c['expected'])}"
         for c, v in zip(CASES, verdicts, strict=True)
-        if v[0].verdict != c["expected"]
+        if v[0].verdict != c.get(key, c["expected"])
     ]
     assert not wrong, "\n".join(wrong)
+    other = "expected_boxed" if policy == "boxed_or_final" else "expected"
+    for c, [v] in zip(CASES, verdicts, strict=True):
+        theirs = c.get(other, c["expected"])
+        assert (v.alt_verdict if v.alt_verdict is not None else v.verdict) == theirs, c["id"]
 
 
 def test_parsed_answer_and_extraction_are_stored(pool):
@@ -111,9 +120,14 @@ def test_check_golds(pool):
     assert checks[2].reason == "unparseable_gold"
 
 
-def test_no_answer_and_error_verdicts(pool):
-    [[none, empty]] = pool.verify_groups([("3", ["the answer is 3", ""])])
-    assert none.verdict == "no_answer" and empty.verdict == "no_answer"
+def test_no_answer_and_what_the_other_policy_reads(pool):
+    [[none, empty, stated]] = pool.verify_groups([("3", ["we get 3", "", "the answer is 3"])])
+    assert none.verdict == "no_answer" and empty.verdict == "no_answer" and none.by is None
+    assert none.alt_verdict is None  # the other policy reads nothing either
+    assert stated.verdict == "correct" and stated.by == "statement" and stated.alt_verdict == "no_answer"
+    with VerifierPool(workers=1, extraction="boxed") as boxed:
+        [[v]] = boxed.verify_groups([("3", ["the answer is 3"])])
+    assert v.verdict == "no_answer" and v.alt_verdict == "correct"
 
 
 def test_answers_that_are_python_code_are_never_executed(pool, tmp_path):

@@ -27,12 +27,14 @@ from pipeline.problems.adapters import (
     subject_key,
 )
 from pipeline.problems.readers import HUB_DATASETS, RawRow, iter_source
+from pipeline.text import storable
 
 __all__ = ["HUB_DATASETS", "REASONS", "ProblemSet", "ProblemsError", "load_problems"]
 
 REASONS = {
     "malformed_row": "the row could not be read (not a JSON object, bad encoding)",
     "bad_type": "a field has a type that cannot be a question or an answer",
+    "bad_text": "a field holds characters that cannot be stored (a lone surrogate, NUL)",
     "empty_question": "the question is empty",
     "missing_gold": "no gold answer (no \\boxed{} in the solution, no '####', or an empty answer field)",
     "unparseable_gold": "Math-Verify cannot parse the gold answer",
@@ -111,6 +113,12 @@ class _Validator:
         ):
             self.out.filtered += 1
             return
+        for name in ("question", "answer", "expert_solution", "subject", "given_id"):
+            value = fields[name]
+            problem = storable(value)[1] if isinstance(value, str) else None
+            if problem is not None:
+                self.reject(raw, "bad_text", f"{name}: {problem}")
+                return
         question = fields["question"]
         if question is None or not question.strip():
             self.reject(raw, "empty_question", f"{m.question!r} is empty")
@@ -125,10 +133,9 @@ class _Validator:
             limit = MAX_QUESTION_CHARS if which == "question" else MAX_GOLD_CHARS
             self.reject(raw, "too_long", f"{which} has {size} characters (limit {limit})", pid)
             return
-        if pid in self.seen:
-            self.reject(raw, "duplicate_id", f"problem id {pid!r} already used by an earlier row", pid)
+        if pid in self.seen:  # an earlier valid row has this id already: no gold check needed
+            self.reject(raw, "duplicate_id", f"problem id {pid!r} already used by an earlier valid row", pid)
             return
-        self.seen.add(pid)
         self.candidates.append({"problem_id": pid, **fields, "source": raw.source, "source_row": raw.row, "_raw": raw})
 
     def flush(self, final: bool, progress: Callable[[int, int], None] | None) -> None:
@@ -144,11 +151,14 @@ class _Validator:
             del self.candidates[: len(batch)]
             checks = self.check_golds([c["answer"] for c in batch])
             for c, check in zip(batch, checks, strict=True):
-                raw = c.pop("_raw")
-                if check.ok:
-                    out.problems.append(c)
+                raw, pid = c.pop("_raw"), c["problem_id"]
+                if not check.ok:  # a row rejected for its gold does not claim its id
+                    self.reject(raw, check.reason, f"gold {c['answer']!r}: {check.detail}", pid)
+                elif pid in self.seen:  # duplicates are decided among valid rows: the first one stays
+                    self.reject(raw, "duplicate_id", f"problem id {pid!r} already used by an earlier valid row", pid)
                 else:
-                    self.reject(raw, check.reason, f"gold {c['answer']!r}: {check.detail}", c["problem_id"])
+                    self.seen.add(pid)
+                    out.problems.append(c)
             if progress:
                 progress(len(out.problems), out.rows_read)
 

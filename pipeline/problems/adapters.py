@@ -14,9 +14,10 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-from pipeline.answers import gsm8k_final, last_boxed, strip_gsm8k_calculator
+from pipeline.answers import gsm8k_final, read_answer, strip_gsm8k_calculator
 from pipeline.config import ColumnMap
 from pipeline.errors import ProblemsError
+from pipeline.text import escaped, storable
 
 MAX_RAW_CHARS = 2000
 
@@ -91,10 +92,18 @@ def _text(value: Any, field_name: str) -> str | None:
     return str(value)
 
 
-def parse_level(value: Any) -> int | None:
+def parse_level(value: Any, field_name: str = "level") -> int | None:
+    """1-5, or None for a level the source does not give or we do not know ("Level 9", "?"). A value
+    that cannot be a level at all (a list, a mapping, a boolean) is a type error, for quarantine."""
     if _is_missing(value):
         return None
-    if isinstance(value, int) and not isinstance(value, bool):
+    if isinstance(value, bool) or not isinstance(value, (int, float, str)):
+        raise TypeError(f"{field_name} is a {type(value).__name__}, expected a number or text")
+    if isinstance(value, float):
+        if not value.is_integer():
+            return None
+        value = int(value)
+    if isinstance(value, int):
         return value if 1 <= value <= 5 else None
     m = re.fullmatch(r"\s*(?:level\s*)?([1-5])\s*", str(value), flags=re.IGNORECASE)
     return int(m.group(1)) if m else None
@@ -109,10 +118,14 @@ def subject_key(subject: str | None) -> str | None:
 
 
 def raw_json(data: Any) -> str:
+    """The source row as JSON for the quarantine table: readable where it can be stored as it is,
+    escaped (``\\udcff``) where it holds what UTF-8 cannot encode."""
     try:
         text = json.dumps(data, ensure_ascii=False, default=str)
     except (TypeError, ValueError):
         text = repr(data)
+    if storable(text)[1] is not None:
+        text = escaped(data, limit=MAX_RAW_CHARS + 1)
     return text if len(text) <= MAX_RAW_CHARS else text[:MAX_RAW_CHARS] + "..."
 
 
@@ -130,10 +143,13 @@ def map_row(raw: dict[str, Any], m: Mapping) -> dict[str, Any]:
         # so expert-chosen DPO rows teach the same answer format as the explanations.
         expert = f"{prose}\nThe final answer is $\\boxed{{{answer.strip()}}}$." if prose and answer else None
     elif answer is None and solution is not None:
-        answer = last_boxed(solution)
+        # The solution's final box group, by the rule every answer is read by (boxes only: a
+        # reference solution's prose is not its answer).
+        reading = read_answer(solution, "boxed")
+        answer = reading.answer if reading else None
     if m.format == "gsm8k" and answer is not None:
         answer = answer.strip()
-    level = parse_level(raw.get(m.level)) if m.level else None
+    level = parse_level(raw.get(m.level), m.level) if m.level else None
     subject = _text(raw.get(m.subject), m.subject) if m.subject else None
     row_id = _text(raw.get(m.id), m.id) if m.id else None
     return {

@@ -84,6 +84,9 @@ class GRPOSection(Strict):
     use_vllm: bool = Field(default=False, description="TRL's vLLM generation (GPU only; colocated)")
     verifier_workers: int = Field(default=2, ge=1)
     verifier_timeout_s: float = Field(default=5.0, gt=0)
+    verifier_extraction: Literal["boxed", "boxed_or_final"] = Field(
+        default="boxed_or_final", description="how the reward reads a rollout's final answer (as verifier.extraction)"
+    )
     expo: ExpoTerm = Field(default_factory=ExpoTerm)
 
 

@@ -262,7 +262,8 @@ def train(cfg: TrainConfig, force: bool = False, log: Callable[[str], None] | No
         if cfg.kind == "grpo":
             from pipeline.verify import VerifierPool
 
-            pool = VerifierPool(workers=cfg.grpo.verifier_workers, timeout_s=cfg.grpo.verifier_timeout_s)
+            g = cfg.grpo
+            pool = VerifierPool(g.verifier_workers, g.verifier_timeout_s, extraction=g.verifier_extraction)
             trainer = build_grpo_trainer(cfg, dataset, model, tokenizer, use_cpu, precision, pool)
         else:
             trainer = build_trainer(cfg, dataset, model, tokenizer, use_cpu, precision)
