@@ -96,8 +96,10 @@ class _Plan:
         self.slots: dict[tuple[int, str], int] = {}
         self.n = 0
 
-    def add(self, g: int, gold: str, reading: Reading | None) -> Verdict | int:
-        stats = self.pool.stats
+    def add(self, g: int, gold: str, reading: Reading | None, counted: bool = True) -> Verdict | int:
+        """The verdict now, or the slot it will come back in; ``counted`` False for the other
+        policy's reading, which the pool's stats leave out."""
+        stats = self.pool.stats if counted else dict.fromkeys(self.pool.stats, 0)
         if reading is None:
             stats["no_answer"] += 1
             return NO_ANSWER
@@ -226,7 +228,8 @@ class VerifierPool:
                 readings = read_answers(text or "")
                 primary, other = readings[self.extraction], readings[OTHER_POLICY[self.extraction]]
                 same = (primary.answer if primary else None) == (other.answer if other else None)
-                entries.append((g, primary, plan.add(g, gold, primary), None if same else plan.add(g, gold, other)))
+                ref = plan.add(g, gold, primary)
+                entries.append((g, primary, ref, None if same else plan.add(g, gold, other, counted=False)))
         results = self._run(list(plan.jobs.values()))
         out: list[list[Verdict]] = [[] for _ in groups]
         for g, reading, ref, alt_ref in entries:
