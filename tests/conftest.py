@@ -30,6 +30,20 @@ TINY = DATA / "tiny-model"
 QUICKSTART = DATA / "quickstart.yaml"
 
 
+def run_quickstart_cli(tmp_path: Path, problems: Path, *args: str, env: dict | None = None):
+    """`expo-data run data/quickstart.yaml` as a user starts it: a fresh process with its own
+    temporary Prefect server, on the given problem file, into tmp_path. Returns (status, output)."""
+    import subprocess
+    import sys
+
+    environment = {**os.environ, "PREFECT_HOME": str(tmp_path / "prefect"), **(env or {})}
+    environment.pop("PREFECT_API_URL", None)
+    cmd = [str(Path(sys.executable).parent / "expo-data"), "run", str(QUICKSTART), *args]
+    cmd += ["--set", f"problems.source={problems}", "--set", f"output_dir={tmp_path / 'run'}"]
+    proc = subprocess.run(cmd, env=environment, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    return proc.returncode, proc.stdout + proc.stderr
+
+
 @pytest.fixture(scope="session")
 def tiny_model() -> Path:
     assert (TINY / "model.safetensors").exists(), "data/tiny-model is missing: run `expo-data tiny-model build`"

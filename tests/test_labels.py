@@ -4,9 +4,6 @@ others, a gold that cannot be compared in time is quarantined, a user's mistake 
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pyarrow.parquet as pq
@@ -16,6 +13,8 @@ from pipeline.config import ProblemsConfig
 from pipeline.problems import load_problems
 from pipeline.verify import VerifierPool
 from pipeline.verify_file import verify_file
+
+from .conftest import run_quickstart_cli
 
 ROOT = Path(__file__).resolve().parent.parent
 PEERS = Path(__file__).parent / "data" / "peers"
@@ -196,18 +195,6 @@ def test_a_burst_of_easy_items_meets_no_deadline():
 def test_a_users_mistake_inside_a_flow_prints_its_message_and_no_traceback(lines, message, tmp_path):
     src = tmp_path / "p.jsonl"
     src.write_text("".join(json.dumps(r) + "\n" for r in lines))
-    env = {**os.environ, "PREFECT_HOME": str(tmp_path / "prefect")}
-    env.pop("PREFECT_API_URL", None)
-    cmd = [
-        str(Path(sys.executable).parent / "expo-data"),
-        "run",
-        str(ROOT / "data" / "quickstart.yaml"),
-        "--set",
-        f"problems.source={src}",
-        "--set",
-        f"output_dir={tmp_path / 'run'}",
-    ]
-    proc = subprocess.run(cmd, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=300)
-    output = proc.stdout + proc.stderr
-    assert proc.returncode == 2, output
+    status, output = run_quickstart_cli(tmp_path, src)
+    assert status == 2, output
     assert message in output and "Traceback" not in output

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import json
 import logging
-import os
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+
+from .conftest import run_quickstart_cli
 
 ROOT = Path(__file__).resolve().parent.parent
 FAKE = "hf_SECRETsecretSECRETsecret987654"
@@ -73,26 +73,9 @@ def test_a_command_masks_the_token_in_its_own_and_prefects_log_records(tmp_path)
     folder = tmp_path / FAKE
     folder.mkdir()
     (folder / "bad.jsonl").write_text(json.dumps({"problem": "", "solution": "\\boxed{1}"}) + "\n")
-    env = {
-        **os.environ,
-        "HF_TOKEN": FAKE,
-        "PREFECT_HOME": str(tmp_path / "prefect"),
-        "PREFECT_LOGGING_LEVEL": "INFO",
-    }
-    env.pop("PREFECT_API_URL", None)
-    cmd = [
-        str(Path(sys.executable).parent / "expo-data"),
-        "run",
-        str(ROOT / "data" / "quickstart.yaml"),
-        "-v",
-        "--set",
-        f"problems.source={folder / 'bad.jsonl'}",
-        "--set",
-        f"output_dir={tmp_path / 'run'}",
-    ]
-    proc = subprocess.run(cmd, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=300)
-    output = proc.stdout + proc.stderr
-    assert proc.returncode == 2, output
+    env = {"HF_TOKEN": FAKE, "PREFECT_LOGGING_LEVEL": "INFO"}
+    status, output = run_quickstart_cli(tmp_path, folder / "bad.jsonl", "-v", env=env)
+    assert status == 2, output
     assert FAKE not in output
     assert "Traceback" in output  # Prefect's own record of the failure, traceback included...
     assert "***/bad.jsonl" in output  # ...with the path masked, as in our log line and error message
