@@ -74,7 +74,10 @@ class _Worker:
 
 
 OTHER_POLICY = {"boxed": "boxed_or_final", "boxed_or_final": "boxed"}
-NO_ANSWER = Verdict("no_answer", None, None, "no final answer: no \\boxed{} and no final-answer statement")
+NO_ANSWER = {  # what each policy looked for and did not find
+    "boxed": Verdict("no_answer", None, None, "no final answer: no \\boxed{}"),
+    "boxed_or_final": Verdict("no_answer", None, None, "no final answer: no \\boxed{} and no final-answer statement"),
+}
 
 
 def gold_answer(gold: str) -> str:
@@ -96,13 +99,13 @@ class _Plan:
         self.slots: dict[tuple[int, str], int] = {}
         self.n = 0
 
-    def add(self, g: int, gold: str, reading: Reading | None, counted: bool = True) -> Verdict | int:
-        """The verdict now, or the slot it will come back in; ``counted`` False for the other
-        policy's reading, which the pool's stats leave out."""
-        stats = self.pool.stats if counted else dict.fromkeys(self.pool.stats, 0)
+    def add(self, g: int, gold: str, reading: Reading | None, policy: str) -> Verdict | int:
+        """The verdict now, or the slot it will come back in. The other policy's readings (``policy``
+        not the pool's) are left out of the pool's stats."""
+        stats = self.pool.stats if policy == self.pool.extraction else dict.fromkeys(self.pool.stats, 0)
         if reading is None:
             stats["no_answer"] += 1
-            return NO_ANSWER
+            return NO_ANSWER[policy]
         answer = reading.answer
         if len(answer) > MAX_ANSWER_CHARS:
             return Verdict("incorrect", answer[:MAX_ANSWER_CHARS], None, "answer too long to parse")
@@ -228,8 +231,9 @@ class VerifierPool:
                 readings = read_answers(text or "")
                 primary, other = readings[self.extraction], readings[OTHER_POLICY[self.extraction]]
                 same = (primary.answer if primary else None) == (other.answer if other else None)
-                ref = plan.add(g, gold, primary)
-                entries.append((g, primary, ref, None if same else plan.add(g, gold, other, counted=False)))
+                ref = plan.add(g, gold, primary, self.extraction)
+                alt = None if same else plan.add(g, gold, other, OTHER_POLICY[self.extraction])
+                entries.append((g, primary, ref, alt))
         results = self._run(list(plan.jobs.values()))
         out: list[list[Verdict]] = [[] for _ in groups]
         for g, reading, ref, alt_ref in entries:
