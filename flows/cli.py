@@ -19,6 +19,7 @@ from typing import Annotated, Any
 
 import typer
 
+from flows.server import ensure_api
 from flows.views import console, err_console, error, with_progress
 
 
@@ -33,7 +34,7 @@ def _boundary(fn: Callable[..., Any]) -> Callable[..., Any]:
         try:
             return fn(*args, **kwargs)
         except ExpoDataError as e:
-            error(redact(str(e)))
+            error(redact(e.for_command_line()))
             raise typer.Exit(e.exit_code) from None
         except KeyboardInterrupt:
             err_console.print("interrupted")
@@ -103,9 +104,13 @@ def run(
     _quiet_defaults(verbose)
     from flows.views import print_run_end
     from pipeline.config import load_config
+    from pipeline.manifest import check_resumable
+    from pipeline.sources import locate_model
     from pipeline.store import RunDir
 
     cfg = load_config(config, set_ or [])
+    locate_model(cfg.model.path)  # what the flow checks first, before a Prefect server starts for nothing
+    check_resumable(cfg, force_new)
     console.print(
         f"[bold]expo-data run[/] {cfg.name}: model {cfg.model.path} ({cfg.model.engine}), "
         f"problems {cfg.problems.source}, G={cfg.generation.rollouts}, "
@@ -114,6 +119,7 @@ def run(
     )
     from flows.generate import generate_flow
 
+    ensure_api()
     run_dir = with_progress(lambda: generate_flow(str(config), overrides=set_ or [], force_new=force_new))
     print_run_end(run_dir, RunDir(run_dir).require_doc())
 
@@ -215,6 +221,7 @@ def train_cmd(
     )
     from flows.train import train_flow
 
+    ensure_api()
     config_str = str(config) if config else None
     path = with_progress(lambda: train_flow(kind.value, data, model, out_str, config_str, set_ or [], force_new, table))
     doc = read_manifest(path) or {}
@@ -276,6 +283,7 @@ def online_cmd(
     console.print(f"[bold]expo-data online[/] {cfg.name}: {cfg.rounds} rounds -> {cfg.output_dir}", highlight=False)
     from flows.train import online_flow
 
+    ensure_api()
     state = with_progress(lambda: online_flow(str(config), set_ or [], force_new))
     rows = state["summary"]
     print_rounds(rows)
@@ -324,6 +332,7 @@ def publish_cmd(
     RunDir(run_dir).require_doc()
     from flows.publish import publish_flow
 
+    ensure_api()
     result = publish_flow(str(run_dir), repo, private, revision, tag, license, str(dry_run) if dry_run else None)
     for op in result["operations"]:
         console.print(f"  {op}", highlight=False)
@@ -343,24 +352,30 @@ def serve_cmd(
     verbose: Verbose = False,
 ) -> None:
     """Run the generate flow on a cron schedule from this process (Prefect's flow.serve): no work
-    pool or worker needed. Stop with Ctrl-C. Add a `publish:` block to publish every run."""
+    pool or worker needed, but a Prefect server (PREFECT_API_URL), whose scheduler creates the runs.
+    One run at a time: a run due while the previous one works waits for it. Stop with Ctrl-C (the
+    schedule is paused). Add a `publish:` block to publish every run."""
     _quiet_defaults(verbose)
+    from flows.server import require_server
     from pipeline.config import load_config
 
     cfg = load_config(config, set_ or [])
+    api = require_server("expo-data serve")
     from prefect.schedules import Cron
 
     from flows.generate import generate_flow
 
     deployment = name or f"{cfg.name}-scheduled"
     console.print(
-        f"serving [bold]expo-generate/{deployment}[/] on cron {cron!r} ({timezone}): {config} -> {cfg.output_dir}",
+        f"serving [bold]expo-generate/{deployment}[/] on cron {cron!r} ({timezone}): {config} -> {cfg.output_dir}\n"
+        f"server {api}; its runs: prefect flow-run ls --flow-name expo-generate",
         highlight=False,
     )
     generate_flow.serve(
         name=deployment,
         schedule=Cron(cron, timezone=timezone),
         parameters={"config_path": str(config.resolve()), "overrides": set_ or [], "force_new": False},
+        limit=1,  # two runs writing one output_dir would interleave their shards
     )
 
 

@@ -19,6 +19,7 @@ from pipeline import build, manifest, report, stages, summary
 from pipeline.config import RunConfig, load_config
 from pipeline.engines import get_engine
 from pipeline.problem_table import finalize_problems
+from pipeline.sources import locate_model
 from pipeline.store import RunDir
 from pipeline.timeline import Laps, stage_timeline
 from pipeline.verify import VerifierPool, close_shared_pools, shared_pool
@@ -73,6 +74,7 @@ def run_generation(cfg: RunConfig, force_new: bool = False) -> str:
     """The whole generation of one run, inside a flow: problems, shards, build, run.json, report,
     and a publish when the config asks for one. Returns the run dir."""
     laps = Laps()
+    locate_model(cfg.model.path)  # a missing model fails before the run dir is touched
     run = manifest.start_run(cfg, force=force_new)
     get_run_logger().info("run %s: %s -> %s", cfg.name, cfg.problems.source, run.root)
     try:
@@ -99,17 +101,17 @@ def run_generation(cfg: RunConfig, force_new: bool = False) -> str:
         from flows.publish import publish_flow
 
         p = cfg.publish
-        publish_flow(str(run.root), p.repo, p.private, p.revision, p.tag, p.license)
+        publish_flow(str(run.root), p.repo, p.private, p.revision, p.tag, p.license, p.dry_run)
     return str(run.root)
 
 
-@flow(name="expo-generate", log_prints=True)
+@flow(name="expo-generate")
 def generate_flow(config_path: str, overrides: list[str] | None = None, force_new: bool = False) -> str:
     """Generate rollouts, self-explanations and verdicts for a config file; returns the run dir."""
     return run_generation(load_config(config_path, overrides or []), force_new)
 
 
-@flow(name="expo-generate", log_prints=True)
+@flow(name="expo-generate")
 def generate_config_flow(config: RunConfig, force_new: bool = False) -> str:
     """The same flow for a config held in Python (as the online loop holds each round's)."""
     return run_generation(config, force_new)

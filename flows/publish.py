@@ -11,7 +11,7 @@ from prefect.artifacts import create_markdown_artifact
 from pipeline.publish import publish
 
 
-@flow(name="expo-publish", log_prints=True)
+@flow(name="expo-publish")
 def publish_flow(
     run_dir: str,
     repo: str,

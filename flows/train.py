@@ -2,6 +2,10 @@
 
 Orchestration only: the work is in ``pipeline.train`` and ``pipeline.online``. Parameters are plain
 strings and lists, so the flows run the same from the CLI, a deployment or the Prefect UI.
+
+No flow turns on Prefect's ``log_prints``: our code logs, and what libraries print would land in
+the run's logs (dill, under datasets' ``map`` in TRL, disassembles functions through ``print``:
+hundreds of lines of bytecode per training run).
 """
 
 from __future__ import annotations
@@ -32,7 +36,7 @@ def eval_task(cfg: OnlineConfig, policy: str) -> dict[str, Any]:
     return result
 
 
-@flow(name="expo-train", log_prints=True)
+@flow(name="expo-train")
 def train_flow(
     kind: str,
     data: str | None = None,
@@ -66,7 +70,7 @@ def train_flow(
     return cfg.output_dir
 
 
-@flow(name="expo-online-dpo", log_prints=True)
+@flow(name="expo-online-dpo")
 def online_flow(config_path: str, overrides: list[str] | None = None, force_new: bool = False) -> dict[str, Any]:
     """Rounds of generate -> build dpo -> train DPO -> next policy, with held-out accuracy per round."""
     cfg = load_online_config(config_path, overrides or [])

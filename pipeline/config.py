@@ -146,6 +146,11 @@ class PublishConfig(Strict):
     revision: str | None = Field(default=None, description="branch to commit to (created if missing)")
     tag: str | None = None
     license: str = Field(default="other", description="card license (the sources' and model's terms apply)")
+    dry_run: str | None = Field(
+        default=None,
+        description="a folder: stage the release there (card, tables, the commit's operations) and push "
+        "nothing; check what a scheduled run will publish before it goes live",
+    )
 
     @field_validator("repo")
     @classmethod
@@ -200,9 +205,9 @@ class RunConfig(Strict):
 
 
 # Fields that hold paths (dotted), resolved against the config file's folder when relative.
-PATH_FIELDS = ("output_dir", "model.path", "problems.source")
+PATH_FIELDS = ("output_dir", "model.path", "problems.source", "publish.dry_run")
 # Keys that name a folder we write: never a Hub id, however much "runs/x" looks like one.
-LOCAL_ONLY = ("output_dir",)
+LOCAL_ONLY = ("output_dir", "publish.dry_run")
 
 
 def _known_keys(model: type[BaseModel]) -> list[str]:

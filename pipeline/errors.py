@@ -12,11 +12,22 @@ masked, instead of a traceback. Anything else that escapes is a bug and keeps it
 
 from __future__ import annotations
 
+#: Where a message names the switch that starts a run over: the same error reaches a user through
+#: the command line (a flag) or through a flow or deployment (a parameter), and names the one they use.
+START_OVER = "<start-over>"
+
 
 class ExpoDataError(Exception):
     """Root of every error expo-data raises on purpose."""
 
     exit_code = 1
+
+    def __str__(self) -> str:
+        return super().__str__().replace(START_OVER, "the parameter force_new=true of the flow or deployment")
+
+    def for_command_line(self) -> str:
+        """The message as the command line prints it."""
+        return super().__str__().replace(START_OVER, "--force-new")
 
 
 class UserError(ExpoDataError):
@@ -53,6 +64,10 @@ class InputFileError(UserError):
 
 
 # -- run dirs and their documents ------------------------------------------------------------------
+
+
+class ServerRequiredError(UserError):
+    """A command that needs a real Prefect server (its scheduler) found none configured."""
 
 
 class RunDirError(UserError):

@@ -22,7 +22,7 @@ import schemas
 from pipeline import __version__
 from pipeline.config import RunConfig, diff_configs
 from pipeline.engines import Engine
-from pipeline.errors import RunDirConflictError
+from pipeline.errors import START_OVER, RunDirConflictError
 from pipeline.prompts import PromptTemplate, chat_template_digest, get_template
 from pipeline.store import RunDir, file_sha256, parquet_files, parquet_rows
 from pipeline.verify import VERIFIER_VERSION
@@ -183,10 +183,10 @@ def table_manifest(run: RunDir) -> dict[str, TableEntry]:
     return out
 
 
-def start_run(cfg: RunConfig, force: bool = False) -> RunDir:
-    """Create the run dir, or check that an existing one was made with a compatible config, and
-    record the config before any table is written (a run killed before its end must still refuse a
-    rerun with a different config)."""
+def check_resumable(cfg: RunConfig, force: bool = False) -> RunDoc | None:
+    """The run already in ``cfg.output_dir`` (None if none, or if ``force`` starts over), refusing one
+    made with a config whose rows would differ. Cheap: the command line checks it before it starts
+    anything."""
     run = RunDir(cfg.output_dir)
     previous = None if force else run.read_doc()
     if previous is not None:
@@ -195,9 +195,17 @@ def start_run(cfg: RunConfig, force: bool = False) -> RunDir:
         if changed:
             raise RunDirConflictError(
                 f"{run.root} holds a run made with a different config (changed: {', '.join(changed)}); "
-                "its rows would mix with new ones. Use another output_dir, or start over there "
-                "(--force-new on the command line, force_new=true for a flow or deployment)."
+                f"its rows would mix with new ones. Use another output_dir, or start over there with {START_OVER}."
             )
+    return previous
+
+
+def start_run(cfg: RunConfig, force: bool = False) -> RunDir:
+    """Create the run dir, or check that an existing one was made with a compatible config, and
+    record the config before any table is written (a run killed before its end must still refuse a
+    rerun with a different config)."""
+    run = RunDir(cfg.output_dir)
+    previous = check_resumable(cfg, force)
     if force:
         run.clear()
     run.root.mkdir(parents=True, exist_ok=True)

@@ -38,6 +38,7 @@ from pipeline.config import (
     load_yaml_model,
     with_values,
 )
+from pipeline.errors import START_OVER
 from pipeline.evaluate import EvalSpec
 from pipeline.store import RunDir, write_json
 from pipeline.train.config import TrainConfig, train_config_from_dict
@@ -179,7 +180,7 @@ class OnlineLoop:
             if changed:
                 raise ConfigError(
                     f"{self.root} holds an online run with a different config (changed: {', '.join(changed)}); "
-                    "use another output_dir or --force-new"
+                    f"use another output_dir, or start over there with {START_OVER}"
                 )
             state["config"] = self._config_doc()
             return state

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from pipeline.errors import SourceNotFoundError
+from pipeline.errors import ModelError, SourceNotFoundError
 
 HUB_ID_RE = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 RUN_DOC = "run.json"
@@ -28,14 +28,17 @@ def looks_like_hub_id(value: str) -> bool:
 
 def resolve_path(value: Any, base: Path, hub_ok: bool = True) -> Any:
     """A relative local path becomes absolute against ``base``; a Hub id (owner/name, not on disk)
-    stays as it is. Non-strings and empty strings pass through (validation reports them)."""
+    stays as it is. A name whose first part is a folder in ``base`` (``runs/ckpt-dpo`` beside a
+    ``runs/`` folder) is a path that does not exist yet, never a Hub id: it fails as a missing
+    folder instead of as a Hub lookup. Non-strings and empty strings pass through (validation
+    reports them)."""
     if not isinstance(value, str) or not value:
         return value
     p = Path(value).expanduser()
     if p.is_absolute():
         return str(p)
     candidate = (base / p).resolve()
-    if hub_ok and looks_like_hub_id(value) and not candidate.exists():
+    if hub_ok and looks_like_hub_id(value) and not candidate.exists() and not (base / p.parts[0]).is_dir():
         return value
     return str(candidate)
 
@@ -72,3 +75,21 @@ def locate(source: str | Path, what: str = "source", hub_ok: bool = True) -> Sou
         return Source("hub", str(source))
     expected = "a file, a folder or a Hub id 'owner/name'" if hub_ok else "a file or a folder"
     raise SourceNotFoundError(f"{what} not found: {str(source)!r} is not {expected}")
+
+
+def locate_model(value: str, what: str = "model.path") -> Source:
+    """A model to load: a local model folder, or a Hub id (which the engine downloads). A local path
+    that is missing or is not a model fails here, naming it, before any run dir is written or any
+    Hub lookup is tried."""
+    path = Path(value).expanduser()
+    if looks_like_hub_id(value) and not path.exists():
+        return Source("hub", value)
+    if not path.exists():
+        raise ModelError(
+            f"{what}: no model folder at {path.resolve()}. A checkpoint folder exists once training has "
+            "written it (`expo-data train ... --out` or the expo-train/train deployment): run that first, "
+            f"or point {what} at a model folder or a Hub model id."
+        )
+    if not (path / "config.json").is_file():
+        raise ModelError(f"{what}: {path.resolve()} is not a model folder (it has no config.json)")
+    return Source("folder", str(path.resolve()))

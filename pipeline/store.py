@@ -20,7 +20,7 @@ import pyarrow.parquet as pq
 from pydantic import ValidationError
 
 import schemas
-from pipeline.errors import RunDirError
+from pipeline.errors import START_OVER, RunDirError
 from pipeline.sources import RUN_DOC
 from schemas.run_doc import RunDoc
 
@@ -245,7 +245,7 @@ class RunDir:
         try:
             raw = json.loads(self.run_json.read_text(encoding="utf-8"))
         except (json.JSONDecodeError, UnicodeDecodeError) as e:
-            raise RunDirError(f"{self.run_json} is not valid JSON ({e}); --force-new starts the run over") from None
+            raise RunDirError(f"{self.run_json} is not valid JSON ({e}); {START_OVER} starts the run over") from None
         if not isinstance(raw, dict):
             raise RunDirError(f"{self.run_json} is not a JSON object")
         config = raw.get("config")

@@ -30,6 +30,24 @@ TINY = DATA / "tiny-model"
 QUICKSTART = DATA / "quickstart.yaml"
 
 
+def flow_run_logs(flow_run_id) -> list[str]:
+    """The messages a flow run (and its tasks) logged to the Prefect API, once they have arrived."""
+    import asyncio
+
+    from prefect import get_client
+    from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
+    from prefect.logging.handlers import APILogHandler
+
+    APILogHandler().flush()
+
+    async def read():
+        async with get_client() as client:
+            where = LogFilter(flow_run_id=LogFilterFlowRunId(any_=[flow_run_id]))
+            return await client.read_logs(log_filter=where)
+
+    return [log.message for log in asyncio.run(read())]
+
+
 def run_quickstart_cli(tmp_path: Path, problems: Path, *args: str, env: dict | None = None):
     """`expo-data run data/quickstart.yaml` as a user starts it: a fresh process with its own
     temporary Prefect server, on the given problem file, into tmp_path. Returns (status, output)."""

@@ -3,6 +3,7 @@ was never interrupted."""
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -162,3 +163,58 @@ def test_prefect_cache_key_follows_our_done_marker(quickstart_run, tmp_path):
     quickstart_run_shard = copy.shard(plans[0].index)
     quickstart_run_shard.unlink()
     assert _shard_cache_key(None, {"plan": plans[0], "run": copy}) is None  # not on disk: no cache hit
+
+
+def _temporary_server(proc: subprocess.Popen, timeout: float = 120):
+    """The uvicorn child that serves the run's temporary Prefect API, once it is up."""
+    import psutil
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and proc.poll() is None:
+        for child in psutil.Process(proc.pid).children(recursive=True):
+            try:
+                if "uvicorn" in child.cmdline() and "prefect.server.api.server:create_app" in child.cmdline():
+                    return child
+            except psutil.NoSuchProcess:
+                continue
+        time.sleep(0.2)
+    pytest.fail("no temporary Prefect server was started")
+
+
+def _gone(process, timeout: float) -> bool:
+    import psutil
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if process.status() == psutil.STATUS_ZOMBIE:
+                return True
+        except psutil.NoSuchProcess:
+            return True
+        time.sleep(0.2)
+    return False
+
+
+def test_a_run_killed_alone_takes_its_temporary_prefect_server_with_it(tmp_path):
+    """kill -9 of the run's process only (as the OOM killer does), not of its process group: the
+    temporary Prefect server it started must not live on."""
+    args = [str(EXPO), "run", str(ROOT / "data" / "quickstart.yaml"), "--set", f"output_dir={tmp_path / 'run'}"]
+    for s in SETTINGS:
+        args += ["--set", s]
+    env = {**os.environ, "PREFECT_HOME": str(tmp_path / "prefect"), "EXPO_DATA_EVENTS": str(tmp_path / "ev.jsonl")}
+    env.pop("PREFECT_API_URL", None)
+    proc = subprocess.Popen(
+        args, env=env, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
+    )
+    try:
+        server = _temporary_server(proc)
+        deadline = time.monotonic() + 120  # until the flow is running on it
+        while not _events(tmp_path / "ev.jsonl") and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert _events(tmp_path / "ev.jsonl"), "the run never started"
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+        assert _gone(server, timeout=30), f"the temporary Prefect server (pid {server.pid}) outlived its run"
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGKILL)

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import shutil
 from pathlib import Path
 
@@ -14,6 +15,8 @@ from pipeline.config import ConfigError
 from pipeline.evaluate import EvalSpec, pass_at_k
 from pipeline.store import RunDir
 from pipeline.train.config import load_train_config
+
+from .conftest import flow_run_logs
 
 ROOT = Path(__file__).resolve().parent.parent
 DATA = ROOT / "data"
@@ -325,20 +328,32 @@ def _generate_with(checkpoint: Path, engine: str) -> list[str]:
 @pytest.mark.slow
 @pytest.mark.parametrize("kind", ["dpo", "sft", "grpo"])
 def test_each_trainer_writes_a_checkpoint_both_engines_generate_from(
-    kind, quickstart_run, tiny_model, tmp_path, prefect_harness
+    kind, quickstart_run, tiny_model, tmp_path, prefect_harness, monkeypatch
 ):
+    import logging
+
     from flows.train import train_flow
+
+    # Runs log at INFO, as they do for a user (the suite's default is WARNING).
+    monkeypatch.setattr(logging.getLogger("prefect"), "level", logging.INFO)
 
     out = tmp_path / f"ckpt-{kind}"
     extra = {"dpo": ["dpo.sft_weight=0.5"], "sft": [], "grpo": ["grpo.num_generations=2"]}[kind]
-    path = train_flow(
+    state = train_flow(
         kind,
         str(quickstart_run.root),
         str(tiny_model),
         str(out),
         config_path=str(DATA / "train" / "quickstart.yaml"),
         overrides=["max_steps=2", *extra],
+        return_state=True,
     )
+    path = state.result()
+    # The flow's logs hold our lines, not what libraries print: dill (under datasets' map)
+    # disassembles TRL's functions through print(), ~260 lines of bytecode with log_prints on.
+    logs = flow_run_logs(state.state_details.flow_run_id)
+    assert any("rows of" in line for line in logs), logs[:5]
+    assert not [line for line in logs if re.search(r"\b(LOAD_FAST|LOAD_GLOBAL|RESUME)\b", line)]
     doc = json.loads((Path(path) / "train.json").read_text())
     assert doc["global_step"] == 2 and math.isfinite(doc["train_loss"])
     assert doc["data"]["kind"] == "run_dir" and doc["data"]["files"]

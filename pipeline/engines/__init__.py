@@ -40,9 +40,9 @@ def load_engine(model_cfg: Any, seed: int = 0) -> Engine:
     a Hub id fails here, as a user error, before either engine starts loading; a failure while
     loading is an :class:`EngineError` from both engines alike."""
     from pipeline.engines.base import engine_failure
-    from pipeline.sources import locate
+    from pipeline.sources import locate_model
 
-    locate(model_cfg.path, what="model")
+    locate_model(model_cfg.path)
     with engine_failure(model_cfg.engine, f"loading {model_cfg.path}"):
         return _load(model_cfg, seed)
 

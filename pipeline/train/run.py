@@ -17,7 +17,8 @@ from pathlib import Path
 from typing import Any
 
 from pipeline import __version__, progress
-from pipeline.errors import ConfigError, ModelError, TrainedAlreadyError
+from pipeline.errors import START_OVER, ConfigError, ModelError, TrainedAlreadyError
+from pipeline.sources import locate_model
 from pipeline.store import write_json
 from pipeline.train.config import TrainConfig
 from pipeline.train.data import describe_source, load_table
@@ -135,6 +136,7 @@ def preflight(cfg: TrainConfig) -> int:
         _check_grpo_batch(cfg)
     resolve_device(cfg)
     rows = load_table(cfg.data, cfg.data_table, cfg.data_revision).num_rows
+    locate_model(cfg.model, what="model")
     try:
         AutoConfig.from_pretrained(cfg.model, revision=cfg.model_revision, trust_remote_code=cfg.trust_remote_code)
     except (OSError, ValueError) as e:
@@ -248,7 +250,7 @@ def train(cfg: TrainConfig, force: bool = False, log: Callable[[str], None] | No
     if is_trained(out):
         if not force:
             raise TrainedAlreadyError(
-                f"{out} already holds a finished training run ({TRAIN_JSON}); pass --force-new to retrain"
+                f"{out} already holds a finished training run ({TRAIN_JSON}); retrain over it with {START_OVER}"
             )
         shutil.rmtree(out)
     out.mkdir(parents=True, exist_ok=True)
