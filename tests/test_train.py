@@ -94,11 +94,16 @@ def test_train_config_errors_name_the_key():
 
 
 def test_grpo_batch_must_hold_whole_groups():
-    from pipeline.train.run import _check_grpo_batch
+    from pipeline.train.run import _check_grpo_batch, grpo_steps_per_generation
 
-    cfg = load_train_config(None, ["per_device_batch_size=6", "grpo.num_generations=4"], base=_base("grpo"))
+    given = ["per_device_batch_size=6", "grpo.num_generations=4", "grpo.steps_per_generation=1"]
     with pytest.raises(ConfigError, match=r"6\) x steps per generation \(1\) = 6 completions"):
-        _check_grpo_batch(cfg)
+        _check_grpo_batch(load_train_config(None, given, base=_base("grpo")))
+    # Unset, the steps are the fewest that hold whole groups (a multiple of gradient accumulation).
+    assert grpo_steps_per_generation(load_train_config(None, given[:2], base=_base("grpo"))) == 2
+    assert grpo_steps_per_generation(load_train_config(None, [], base=_base("grpo"))) == 2  # 4 x 2 = 8 = G
+    accumulate = ["per_device_batch_size=3", "grpo.num_generations=4", "gradient_accumulation_steps=2"]
+    assert grpo_steps_per_generation(load_train_config(None, accumulate, base=_base("grpo"))) == 4
 
 
 # ----------------------------------------------------------------------------------------------
@@ -383,8 +388,9 @@ def test_training_twice_into_one_folder_is_refused(quickstart_run, tiny_model, t
         base={"kind": "sft", "data": str(quickstart_run.root), "model": str(tiny_model), "output_dir": str(tmp_path)},
     )
     train(cfg)
-    with pytest.raises(TrainedAlreadyError, match="--force-new"):
+    with pytest.raises(TrainedAlreadyError, match="force_new=true") as caught:
         train(cfg)
+    assert "with --force-new" in caught.value.for_command_line()
     assert train(cfg, force=True)["global_step"] == 1
 
 
@@ -489,3 +495,34 @@ def test_two_online_rounds_chain_checkpoints(tmp_path, prefect_harness):
     state = online_flow(str(f))
     assert (ckpt2 / "train.json").exists() and state["status"] == "complete"
     assert (ckpt1 / "model.safetensors").stat().st_mtime_ns == mtime1
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("kind", ["dpo", "sft", "grpo"])
+def test_each_trainer_runs_on_its_defaults_from_the_command_line(
+    kind, quickstart_run, tiny_model, tmp_path, prefect_harness
+):
+    """No --config: our defaults become TRL's real DPOConfig / SFTConfig / GRPOConfig, and TRL's own
+    checks accept them (one step, so the suite stays short)."""
+    from typer.testing import CliRunner
+
+    from flows.cli import app
+
+    args = [
+        "train",
+        kind,
+        "--data",
+        str(quickstart_run.root),
+        "--model",
+        str(tiny_model),
+        "--out",
+        str(tmp_path / kind),
+    ]
+    result = CliRunner().invoke(app, [*args, "--set", "max_steps=1"])
+    assert result.exit_code == 0, result.output
+    doc = json.loads((tmp_path / kind / "train.json").read_text())
+    assert doc["global_step"] == 1 and math.isfinite(doc["train_loss"])
+    defaults = load_train_config(None, [], base=_base(kind))
+    assert doc["config"]["per_device_batch_size"] == defaults.per_device_batch_size
+    if kind == "grpo":
+        assert doc["config"]["grpo"]["num_generations"] == 8 and doc["config"]["grpo"]["steps_per_generation"] is None

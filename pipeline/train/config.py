@@ -80,7 +80,12 @@ class GRPOSection(Strict):
     top_p: float = Field(default=1.0, gt=0, le=1)
     kl_beta: float = Field(default=0.0, ge=0, description="KL-to-reference coefficient (TRL's beta)")
     loss_type: Literal["grpo", "bnpo", "dr_grpo", "dapo"] = "grpo"
-    steps_per_generation: int | None = Field(default=None, ge=1)
+    steps_per_generation: int | None = Field(
+        default=None,
+        ge=1,
+        description="optimizer steps per generation batch; unset: the fewest (a multiple of "
+        "gradient_accumulation_steps) whose batch_size x steps completions hold whole groups",
+    )
     use_vllm: bool = Field(default=False, description="TRL's vLLM generation (GPU only; colocated)")
     verifier_workers: int = Field(default=2, ge=1)
     verifier_timeout_s: float = Field(default=5.0, gt=0)

@@ -54,11 +54,23 @@ def resolve_device(cfg: TrainConfig) -> tuple[bool, str]:
     return use_cpu, precision
 
 
+def grpo_steps_per_generation(cfg: TrainConfig) -> int:
+    """TRL generates for ``per_device_batch_size x steps_per_generation`` completions at a time, which
+    must hold whole groups of ``num_generations``. Unset, it is the fewest steps (a multiple of
+    ``gradient_accumulation_steps``, TRL's own default) that do: 2 for the defaults, batch 4 and G 8."""
+    if cfg.grpo.steps_per_generation:
+        return cfg.grpo.steps_per_generation
+    steps = cfg.gradient_accumulation_steps
+    while (cfg.per_device_batch_size * steps) % cfg.grpo.num_generations:
+        steps += cfg.gradient_accumulation_steps
+    return steps
+
+
 def _check_grpo_batch(cfg: TrainConfig) -> None:
     """TRL counts GRPO's batch in completions, not prompts: catch a batch that cannot hold whole
     groups here, with the numbers, rather than as TRL's error mid-setup."""
     g = cfg.grpo.num_generations
-    steps = cfg.grpo.steps_per_generation or cfg.gradient_accumulation_steps
+    steps = grpo_steps_per_generation(cfg)
     generation_batch = cfg.per_device_batch_size * steps
     if generation_batch % g:
         raise ConfigError(
@@ -179,14 +191,13 @@ def build_grpo_trainer(
 ) -> Any:
     from trl import GRPOConfig
 
-    from pipeline.train.expo_grpo import ExPGRPOTrainer, VerifierReward
+    from pipeline.rewards import VerifierReward
+    from pipeline.train.expo_grpo import ExPGRPOTrainer
 
     _check_grpo_batch(cfg)
     g = cfg.grpo
     common = _common_args(cfg, Path(cfg.output_dir), use_cpu, precision)
-    extra: dict[str, Any] = {}
-    if g.steps_per_generation:
-        extra["steps_per_generation"] = g.steps_per_generation
+    extra: dict[str, Any] = {"steps_per_generation": grpo_steps_per_generation(cfg)}
     if g.use_vllm:
         extra.update(use_vllm=True, vllm_mode="colocate")
     args = GRPOConfig(
@@ -202,7 +213,7 @@ def build_grpo_trainer(
     questions = _questions(cfg) if g.expo.regenerate_every else None
     return ExPGRPOTrainer(
         model=model,
-        reward_funcs=[VerifierReward(pool)],
+        reward_funcs=[VerifierReward("solution", pool)],
         args=args,
         train_dataset=dataset,
         processing_class=tokenizer,
