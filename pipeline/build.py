@@ -170,7 +170,7 @@ def _with_own_correct(pairs: pl.LazyFrame, correct: pl.LazyFrame, cfg: BuildConf
     return _first_of_each(chosen, ["chosen_sample_id", "rejected_sample_id"]) if cfg.allow_reuse else chosen
 
 
-def _grpo(samples: pl.LazyFrame, c: dict[str, pl.LazyFrame], problems: pl.LazyFrame) -> pl.LazyFrame:
+def _grpo(samples: pl.LazyFrame, c: dict[str, pl.LazyFrame], problems: pl.LazyFrame, cfg: BuildConfig) -> pl.LazyFrame:
     reward = (pl.col("verdict") == "correct").cast(pl.Float64)
     mean = reward.mean().over("problem_id")
     std = reward.std(ddof=1).over("problem_id")  # as TRL's GRPOTrainer (torch.std, unbiased)
@@ -203,12 +203,12 @@ def _grpo(samples: pl.LazyFrame, c: dict[str, pl.LazyFrame], problems: pl.LazyFr
         .select(
             "prompt",
             trl_solution("gold").alias("solution"),
-            pl.col("source").alias("data_source"),
+            pl.lit(cfg.grpo_data_source).alias("data_source"),
             pl.lit("math").alias("ability"),
             pl.struct(style=pl.lit("rule"), ground_truth=pl.col("gold")).alias("reward_model"),
-            pl.struct(index=pl.col("_index"), problem_id=pl.col("problem_id"), level=pl.col("level")).alias(
-                "extra_info"
-            ),
+            pl.struct(
+                index=pl.col("_index"), problem_id=pl.col("problem_id"), level=pl.col("level"), source=pl.col("source")
+            ).alias("extra_info"),
             "problem_id",
             "level",
             "subject",
@@ -278,7 +278,7 @@ def build_datasets(run: RunDir, cfg: BuildConfig) -> BuildStats:
             "dpo": _pair_table(pairs, "explanation"),
             "dpo_expert": _pair_table(_with_expert(pairs, problems, cfg), "expert"),
             "dpo_self": _pair_table(_with_own_correct(pairs, c["correct_cots"], cfg), "cot"),
-            "grpo": _grpo(samples, c, problems),
+            "grpo": _grpo(samples, c, problems, cfg),
             "sft": _sft(c),
         }
         for name, frame in frames.items():

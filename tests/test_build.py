@@ -185,9 +185,12 @@ def test_grpo_advantages_by_hand(tmp_path):
     assert a["rollouts"] == [f"a cot {i}" for i in range(4)]
     assert a["solution"] == "\\boxed{1}"
     assert a["reward_model"] == {"style": "rule", "ground_truth": "1"}
-    assert a["extra_info"] == {"index": 0, "problem_id": "a", "level": 1}
+    assert a["extra_info"] == {"index": 0, "problem_id": "a", "level": 1, "source": "t.jsonl"}
     assert b["extra_info"]["index"] == 1 and b["level"] == 5
-    assert a["data_source"] == "t.jsonl" and a["ability"] == "math"
+    # data_source names verl's MATH scorer (it reads the last box); the source stays in extra_info.
+    assert a["data_source"] == "lighteval/MATH" and a["ability"] == "math"
+    build_datasets(run, BuildConfig(grpo_data_source="my_scorer"))  # a name of the user's own reward
+    assert {r["data_source"] for r in _read(run, "grpo")} == {"my_scorer"}
     assert a["explanation"] == "a explanation 0" and b["explanation"] is None
     assert a["expert_solution"] == "so \\boxed{1}" and b["expert_solution"] is None
 

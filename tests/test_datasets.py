@@ -173,9 +173,10 @@ def test_grpo_trainer_trains_on_the_grpo_folder_with_trl_accuracy_reward(quickst
     assert result.global_step == 2
 
 
-def test_grpo_reads_the_way_verl_does(quickstart_run, tiny_model):
-    """verl's RLHFDataset: parquet rows, chat `prompt` through the tokenizer's template,
-    `reward_model.ground_truth` and `data_source` for the rule reward, `extra_info` passed along."""
+def test_grpo_rows_hold_the_plain_prompt_and_the_gold(quickstart_run, tiny_model):
+    """What each grpo row says, checked against the problems: the plain CoT prompt (no answer) as
+    the tokenizer renders it, the gold in reward_model, the problem in extra_info. (verl's own code
+    reads the table in tests/test_verl.py.)"""
     import pandas as pd
     from transformers import AutoTokenizer
 
@@ -191,7 +192,8 @@ def test_grpo_reads_the_way_verl_does(quickstart_run, tiny_model):
         assert text == render_chat(tok, EXPO_V1.messages("cot", question))  # the plain prompt, no answer
         assert row["reward_model"]["style"] == "rule"
         assert row["reward_model"]["ground_truth"] == problems[row["problem_id"]]["answer"]
-        assert isinstance(row["data_source"], str) and row["ability"] == "math"
+        assert row["data_source"] == "lighteval/MATH" and row["ability"] == "math"
         assert row["extra_info"]["problem_id"] == row["problem_id"]
+        assert row["extra_info"]["source"] == problems[row["problem_id"]]["source"]
         assert len(row["rollouts"]) == 4
     json.dumps(frame.iloc[0]["extra_info"])  # plain, serialisable metadata

@@ -58,7 +58,8 @@ def _trainer(tiny_model, tmp_path, pool, expo: ExpoTerm, rows=None, cls=None, **
     from datasets import Dataset
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from pipeline.train.expo_grpo import ExPGRPOTrainer, VerifierReward
+    from pipeline.rewards import VerifierReward
+    from pipeline.train.expo_grpo import ExPGRPOTrainer
 
     torch.manual_seed(0)
     model = AutoModelForCausalLM.from_pretrained(tiny_model)
@@ -66,7 +67,7 @@ def _trainer(tiny_model, tmp_path, pool, expo: ExpoTerm, rows=None, cls=None, **
     cls = cls or ExPGRPOTrainer
     return cls(
         model=model,
-        reward_funcs=[VerifierReward(pool)],
+        reward_funcs=[VerifierReward("reward_model", pool)],
         args=_args(tmp_path, **kw),
         train_dataset=Dataset.from_list(rows or _rows()),
         processing_class=tok,
@@ -254,12 +255,12 @@ def test_online_variant_rewrites_explanations_with_the_policy_and_keeps_verified
     from datasets import Dataset
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from pipeline.train.expo_grpo import VerifierReward
+    from pipeline.rewards import VerifierReward
 
     torch.manual_seed(0)
     trainer = Recording(
         model=AutoModelForCausalLM.from_pretrained(tiny_model),
-        reward_funcs=[VerifierReward(pool)],
+        reward_funcs=[VerifierReward("reward_model", pool)],
         args=_args(tmp_path, max_steps=2, max_completion_length=16),
         train_dataset=Dataset.from_list([{**r, "explanation": None} for r in grpo.to_list()]),
         processing_class=AutoTokenizer.from_pretrained(tiny_model),

@@ -61,6 +61,9 @@ def test_card_loads_with_huggingface_hub_and_says_what_made_the_data(quickstart_
     assert "![accuracy_by_level](report/accuracy_by_level.png)" in card.text
     assert (tmp_path / "rel" / "report" / "accuracy_by_level.png").exists()
     assert "`dpo` | 59 |" in card.text and 'load_dataset("me/expo-quickstart", "grpo", split="train")' in card.text
+    # What a verl or TRL user puts in their config, as the README says it.
+    assert "`data_source` is `lighteval/MATH`, which verl's default reward sends to its MATH scorer" in card.text
+    assert "custom_reward_function.path=pkg://pipeline.rewards" in card.text and "VerifierReward()" in card.text
     # What the Hub will validate: the metadata round-trips through huggingface_hub's own types.
     assert DatasetCard(str(card)).data.to_dict() == data
 

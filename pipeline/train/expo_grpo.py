@@ -25,44 +25,6 @@ from pipeline.train.config import ExpoTerm
 from pipeline.verify import VerifierPool
 
 
-def completion_text(completion: Any) -> str:
-    """TRL passes conversational completions as message lists and plain ones as strings."""
-    if isinstance(completion, str):
-        return completion
-    if isinstance(completion, list) and completion and isinstance(completion[-1], dict):
-        return str(completion[-1].get("content") or "")
-    return str(completion)
-
-
-class VerifierReward:
-    """Reward 1.0 when our verifier accepts the completion's last boxed answer against the row's gold
-    answer, else 0.0 (incorrect, no answer, timeout and error alike).
-
-    TRL repeats each prompt G times in a row, so consecutive rows with the same gold become one
-    verifier job: the gold is parsed once per group, as in generation.
-    """
-
-    def __init__(self, pool: VerifierPool):
-        self.pool = pool
-        self.__name__ = "expo_verifier"
-
-    def __call__(self, prompts: list[Any], completions: list[Any], reward_model: list[dict], **_: Any) -> list[float]:
-        texts = [completion_text(c) for c in completions]
-        golds = [str(rm["ground_truth"]) for rm in reward_model]
-        groups: list[tuple[str, list[int]]] = []
-        for i, gold in enumerate(golds):
-            if groups and groups[-1][0] == gold:
-                groups[-1][1].append(i)
-            else:
-                groups.append((gold, [i]))
-        verdicts = self.pool.verify_groups([(gold, [texts[i] for i in idx]) for gold, idx in groups])
-        rewards = [0.0] * len(texts)
-        for (_, idx), vs in zip(groups, verdicts, strict=True):
-            for i, v in zip(idx, vs, strict=True):
-                rewards[i] = 1.0 if v.verdict == "correct" else 0.0
-        return rewards
-
-
 class ExPGRPOTrainer(GRPOTrainer):
     """GRPOTrainer with the ExPO term. See the module docstring for the batching argument.
 
