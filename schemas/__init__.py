@@ -298,8 +298,11 @@ def check(actual: pa.Schema, name: str, where: str = "") -> None:
     got_version = version(actual)
     want_version = version(expected)
     if got_version is not None and got_version != want_version:
+        again = (
+            " (a training set: `expo-data build RUN_DIR` cuts it again from the samples)" if name in DATASETS else ""
+        )
         raise SchemaError(
-            f"table {name!r}{loc} has schema version {got_version}, this expo-data reads version {want_version}"
+            f"table {name!r}{loc} has schema version {got_version}, this expo-data reads version {want_version}{again}"
         )
     missing = [f.name for f in expected if f.name not in actual.names]
     if missing:

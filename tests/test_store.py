@@ -50,8 +50,13 @@ def test_readers_name_what_is_wrong(tmp_path):
         read_table(tmp_path / "s.parquet", "problems")
     newer = schemas.PROBLEMS.with_metadata({schemas.META_TABLE: b"problems", schemas.META_VERSION: b"99"})
     pq.write_table(newer.empty_table(), tmp_path / "v.parquet")
-    with pytest.raises(schemas.SchemaError, match="schema version 99"):
+    with pytest.raises(schemas.SchemaError, match="schema version 99") as caught:
         read_table(tmp_path / "v.parquet", "problems")
+    assert "expo-data build" not in str(caught.value)  # problems are not cut again from samples
+    older = schemas.GRPO.with_metadata({schemas.META_TABLE: b"grpo", schemas.META_VERSION: b"1"})
+    pq.write_table(older.empty_table(), tmp_path / "g.parquet")
+    with pytest.raises(schemas.SchemaError, match=r"version 1, this expo-data reads version 2 \(a training set"):
+        read_table(tmp_path / "g.parquet", "grpo")
     wrong = pa.table({**{f.name: pa.array([None], f.type) for f in schemas.PROBLEMS}, "level": pa.array(["1"])})
     pq.write_table(wrong, tmp_path / "w.parquet")
     with pytest.raises(schemas.SchemaError, match=r"wrong type: level \(string, expected int8\)"):
