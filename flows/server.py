@@ -48,11 +48,12 @@ def require_server(command: str) -> str:
     return url
 
 
-def _stop_with_parent(parent: int) -> None:
+def _stop_with_parent(prctl: Any, parent: int) -> None:
     """Runs in the child between fork and exec: ask the kernel for SIGTERM when the parent dies
-    (the setting survives exec). A parent already gone by now would never send it: exit instead."""
-    libc = ctypes.CDLL(ctypes.util.find_library("c") or None, use_errno=True)
-    libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+    (the setting survives exec). A parent already gone by now would never send it: exit instead.
+    ``prctl`` is resolved in the parent: loading a library after fork in a threaded process can
+    deadlock."""
+    prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
     if os.getppid() != parent:
         os._exit(0)
 
@@ -69,6 +70,7 @@ def _bound_server_class() -> type:
             from prefect.settings import get_current_settings
 
             parent = os.getpid()
+            prctl = ctypes.CDLL(ctypes.util.find_library("c") or None, use_errno=True).prctl
             app = [
                 "--app-dir",
                 str(prefect.__module_path__.parent),
@@ -87,7 +89,7 @@ def _bound_server_class() -> type:
                     "PREFECT__SERVER_FINAL": "1",
                     **get_current_settings().to_environment_variables(exclude_unset=True),
                 },
-                preexec_fn=lambda: _stop_with_parent(parent),
+                preexec_fn=lambda: _stop_with_parent(prctl, parent),
             )
 
     return BoundTemporaryServer

@@ -66,16 +66,19 @@ class InputFileError(UserError):
 # -- run dirs and their documents ------------------------------------------------------------------
 
 
-class ServerRequiredError(UserError):
-    """A command that needs a real Prefect server (its scheduler) found none configured."""
-
-
 class RunDirError(UserError):
     """A folder that is not a (finished) run dir, or a run.json that cannot be read."""
 
 
 class RunDirConflictError(RunDirError):
     """The run dir holds a run made with a config that would produce different rows."""
+
+
+# -- orchestration ---------------------------------------------------------------------------------
+
+
+class ServerRequiredError(UserError):
+    """A command that needs a real Prefect server (its scheduler) found none configured."""
 
 
 # -- training --------------------------------------------------------------------------------------

@@ -398,7 +398,7 @@ class VerifierPool:
         w.process, w.conn, w.job, w.next_item = fresh.process, fresh.conn, None, 0
 
 
-_SHARED: dict[tuple[int, float, str], VerifierPool] = {}
+_SHARED: dict[tuple[int, float, str, str | None], VerifierPool] = {}
 _SHARED_LOCK = threading.Lock()
 
 
