@@ -173,6 +173,27 @@ def test_grpo_trainer_trains_on_the_grpo_folder_with_trl_accuracy_reward(quickst
     assert result.global_step == 2
 
 
+def test_grpo_trainer_trains_a_step_with_our_reward_on_the_grpo_folder(quickstart_run, tiny_model, tmp_path, pool):
+    """TRL's own GRPOTrainer (not ours), the table as written, our reward function (pipeline.rewards)."""
+    from trl import GRPOConfig, GRPOTrainer
+
+    from pipeline.rewards import VerifierReward
+
+    model, tok = _tiny(tiny_model)
+    args = GRPOConfig(**{**_common(tmp_path), "max_steps": 1}, num_generations=2, max_completion_length=24)
+    trainer = GRPOTrainer(
+        model=model,
+        reward_funcs=[VerifierReward("solution", pool)],
+        args=args,
+        train_dataset=_load(quickstart_run, "grpo"),
+        processing_class=tok,
+    )
+    trainer.train()
+    logged = [h for h in trainer.state.log_history if "rewards/expo_verifier/mean" in h]
+    assert trainer.state.global_step == 1 and logged
+    assert 0.0 <= logged[0]["rewards/expo_verifier/mean"] <= 1.0
+
+
 def test_grpo_rows_hold_the_plain_prompt_and_the_gold(quickstart_run, tiny_model):
     """What each grpo row says, checked against the problems: the plain CoT prompt (no answer) as
     the tokenizer renders it, the gold in reward_model, the problem in extra_info. (verl's own code

@@ -1,7 +1,7 @@
 """External trainers on our tables, with their own code: verl (0.9.1, in its own environment, see
-tests/verl_probe.py) reads the ``grpo`` table and scores its stored rollouts, and TRL's own
-GRPOTrainer trains a step with our reward function. Our scorer is also called from threads, as
-verl's reward loop calls it."""
+tests/verl_probe.py) reads the ``grpo`` table and scores its stored rollouts. Our scorer is also
+called from threads, as verl's reward loop calls it. (TRL's own GRPOTrainer with our reward:
+tests/test_datasets.py.)"""
 
 from __future__ import annotations
 
@@ -99,39 +99,3 @@ def test_verifier_reward_maps_verdicts_and_reads_either_gold_column(pool):
     assert by_struct(["\\boxed{7}", "\\boxed{9}"], reward_model=[{"ground_truth": "7"}] * 2) == [1.0, 0.0]
     with pytest.raises(KeyError, match="'answer', which this dataset does not have"):
         VerifierReward("answer", pool)(["\\boxed{7}"], solution=["7"])
-
-
-@pytest.mark.slow
-def test_trl_grpo_trainer_trains_a_step_with_our_reward_on_the_grpo_table(quickstart_run, tiny_model, tmp_path, pool):
-    """TRL's own GRPOTrainer (not ours), our table as it is on disk, our reward function."""
-    from datasets import load_dataset
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-    from trl import GRPOConfig, GRPOTrainer
-
-    from pipeline.rewards import VerifierReward
-
-    files = sorted(str(p) for p in quickstart_run.table("grpo").glob("*.parquet"))
-    dataset = load_dataset("parquet", data_files=files, split="train")
-    args = GRPOConfig(
-        output_dir=str(tmp_path),
-        max_steps=1,
-        per_device_train_batch_size=4,
-        num_generations=4,
-        max_completion_length=32,
-        use_cpu=True,
-        bf16=False,
-        report_to=[],
-        logging_steps=1,
-        save_strategy="no",
-    )
-    trainer = GRPOTrainer(
-        model=AutoModelForCausalLM.from_pretrained(tiny_model),
-        processing_class=AutoTokenizer.from_pretrained(tiny_model),
-        reward_funcs=[VerifierReward("solution", pool)],
-        args=args,
-        train_dataset=dataset,
-    )
-    trainer.train()
-    logged = [h for h in trainer.state.log_history if "rewards/expo_verifier/mean" in h]
-    assert trainer.state.global_step == 1 and logged
-    assert 0.0 <= logged[0]["rewards/expo_verifier/mean"] <= 1.0

@@ -48,7 +48,7 @@ def reward_config(custom: bool, python: str):
 def item(tokenizer, row: dict, text: str) -> DataProto:
     """One (prompt, response) as verl's rollout hands it to the reward manager."""
     prompt = tokenizer.apply_chat_template(row["raw_prompt"], add_generation_prompt=True, tokenize=True)
-    prompt = list(prompt["input_ids"]) if isinstance(prompt, dict) or hasattr(prompt, "keys") else list(prompt)
+    prompt = list(prompt["input_ids"] if hasattr(prompt, "keys") else prompt)  # a BatchEncoding or a list
     response = tokenizer(text + tokenizer.eos_token, add_special_tokens=False)["input_ids"]
     ids = torch.tensor([prompt + response])
     return DataProto.from_dict(
