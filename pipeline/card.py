@@ -106,6 +106,17 @@ def _pct(x: float | None) -> str:
     return "-" if x is None else f"{x:.1%}"
 
 
+def _sampling(doc: RunDoc, cfg: Any) -> dict[str, Any]:
+    """The CoT sampling as the run applied it (run.json's effective values; older runs: the config)."""
+    shown = dict.fromkeys(("temperature", "top_p", "top_k", "min_p", "repetition_penalty", "max_tokens"), "-")
+    if doc.sampling and isinstance(doc.sampling.get("cot"), dict):
+        shown.update(doc.sampling["cot"])
+    elif cfg is not None:
+        shown.update({k: v for k, v in cfg.generation.sampling.model_dump().items() if v is not None})
+    shown["seed"] = cfg.generation.sampling.seed if cfg is not None else "-"
+    return shown
+
+
 def card_body(
     doc: RunDoc, repo_id: str, counts: dict[str, int], levels: dict[str, dict[str, int]], plots: list[str]
 ) -> str:
@@ -146,9 +157,7 @@ def card_body(
         "versions": ", ".join(f"{k} {v}" for k, v in doc.versions.items() if v),
         "problems_source": Path(cfg.problems.source).name if cfg else "-",
         "generation": cfg.generation if cfg else dict.fromkeys(("rollouts", "explanations"), "-"),
-        "sampling": cfg.generation.sampling
-        if cfg
-        else dict.fromkeys(("temperature", "top_p", "max_tokens", "seed"), "-"),
+        "sampling": _sampling(doc, cfg),
         "verifier": doc.verifier or VerifierInfo(),
         "expo_data_version": doc.expo_data_version,
         "prompts": doc.prompts or PromptsInfo(),

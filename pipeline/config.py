@@ -41,6 +41,11 @@ class ModelConfig(Strict):
     gpu_memory_utilization: float = Field(default=0.85, gt=0, le=1)
     cpu_kvcache_gib: int = Field(default=1, ge=1, description="vLLM CPU KV cache (GiB)")
     hf_batch_size: int = Field(default=16, ge=1, description="prompts per forward batch (hf engine)")
+    hf_score_tokens: int = Field(
+        default=4096,
+        ge=1,
+        description="tokens per scoring forward pass (hf engine): bounds scoring memory; a longer text goes alone",
+    )
     trust_remote_code: bool = False
 
 
@@ -75,8 +80,18 @@ class ProblemsConfig(Strict):
 
 
 class SamplingConfig(Strict):
-    temperature: float = Field(default=1.0, ge=0)
-    top_p: float = Field(default=1.0, gt=0, le=1)
+    """Unset parameters take our neutral values (temperature 1, top_p 1, top_k and min_p off,
+    repetition_penalty 1), or the model's generation_config.json values under
+    ``model_defaults: apply``; see pipeline/sampling.py."""
+
+    model_defaults: Literal["ignore", "apply"] = Field(
+        default="ignore", description="whether the model's generation_config.json fills the parameters left unset"
+    )
+    temperature: float | None = Field(default=None, ge=0, description="1.0 when unset")
+    top_p: float | None = Field(default=None, gt=0, le=1, description="1.0 when unset")
+    top_k: int | None = Field(default=None, ge=0, description="0 (off) when unset")
+    min_p: float | None = Field(default=None, ge=0, le=1, description="0 (off) when unset")
+    repetition_penalty: float | None = Field(default=None, gt=0, description="1.0 (off) when unset")
     max_tokens: int = Field(default=1024, gt=0)
     seed: int = Field(default=0, ge=0)
 
@@ -114,7 +129,22 @@ class VerifierConfig(Strict):
 
 
 class ScoringConfig(Strict):
-    enabled: bool = Field(default=True, description="score nll_mean and answer_logprob of every text")
+    """See pipeline/scoring.py: every text's nll_mean, and answer_logprob where it is used."""
+
+    enabled: bool = Field(default=True, description="score nll_mean and answer_logprob")
+    cot_answers: int | Literal["all"] = Field(
+        default=2,
+        description="CoTs per problem whose final answer is not the gold that get answer_logprob (a pass each), "
+        "in sample order: build takes rejected sides in that order, so keep it >= build.pairs_per_problem; "
+        "'all' for every CoT. Positives always get both scores",
+    )
+
+    @field_validator("cot_answers")
+    @classmethod
+    def _cot_answers(cls, v: int | str) -> int | str:
+        if isinstance(v, int) and v < 0:
+            raise ValueError("cot_answers must be >= 0 or 'all'")
+        return v
 
 
 # verl's default reward sends this name to its MATH scorer, which reads the last \boxed{} of a

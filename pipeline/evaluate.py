@@ -19,6 +19,7 @@ from pipeline.engines import Engine, Request, Sampling, derive_seed, get_engine
 from pipeline.errors import ConfigError
 from pipeline.problems import load_problems
 from pipeline.prompts import DEFAULT_TEMPLATE, encode_chat, get_template
+from pipeline.sampling import resolve as resolve_sampling
 from pipeline.sources import resolve_path
 from pipeline.verify import VerifierPool
 
@@ -112,7 +113,7 @@ def evaluate(
     for p in loaded.problems:
         ids = encode_chat(engine.tokenizer, template.messages("cot", p["question"]))
         seed = derive_seed(params.seed, p["problem_id"], "eval")
-        sampling = Sampling(spec.samples, params.temperature, params.top_p, params.max_tokens, seed)
+        sampling = Sampling(n=spec.samples, max_tokens=params.max_tokens, seed=seed, **resolve_sampling(params, {}))
         requests.append(Request(p["problem_id"], ids, sampling))
     progress.emit("eval.start", problems=len(requests), samples=spec.samples)
     results = engine.generate(requests, call_seed=derive_seed(params.seed, "eval"))

@@ -24,6 +24,7 @@ from pipeline.config import RunConfig, diff_configs
 from pipeline.engines import Engine
 from pipeline.errors import START_OVER, RunDirConflictError
 from pipeline.prompts import PromptTemplate, chat_template_digest, get_template
+from pipeline.sampling import describe as describe_sampling
 from pipeline.store import RunDir, file_sha256, parquet_files, parquet_rows
 from pipeline.verify import VERIFIER_VERSION
 from pipeline.versions import dist_version, runtime_versions
@@ -49,6 +50,7 @@ NEUTRAL_KEYS = (
     "output_dir",
     "verifier.workers",
     "verifier.overlap",
+    "model.hf_score_tokens",  # how scoring is batched: the same numbers up to float rounding
     "build",
     "publish",
     "retries",
@@ -212,6 +214,7 @@ def start_run(cfg: RunConfig, force: bool = False) -> RunDir:
     run.remove_stale_temp_files()
     doc = previous or RunDoc(expo_data_version=__version__, name=cfg.name, status="running", created=now())
     doc.status, doc.config, doc.config_fingerprint = "running", cfg, cfg.fingerprint()
+    doc.sampling = describe_sampling(cfg.generation, cfg.model.path, cfg.model.revision)
     run.write_doc(doc)
     return run
 
@@ -263,6 +266,7 @@ def finish_run(cfg: RunConfig, run: RunDir, results: RunResults) -> RunDoc:
         summary=results.summary,
         build=results.build,
         scoring=cfg.scoring,
+        sampling=describe_sampling(cfg.generation, cfg.model.path, cfg.model.revision),
         tables=table_manifest(run),
         timings=results.timings,
     )

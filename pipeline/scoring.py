@@ -1,7 +1,7 @@
 """The two ExPO properties of a positive candidate, measured under the policy.
 
-Both are teacher-forced passes through ``Engine.score`` after the *plain* CoT prompt (the answer
-sentence removed), because that is the context the text is trained in:
+Both are measured after the *plain* CoT prompt (the answer sentence removed), because that is the
+context the text is trained in:
 
 - ``nll_mean``: -1/|c| * sum_t log pi(c_t | q, c_<t), over the text's tokens (no end-of-sequence
   token: expert solutions have none). Low means in-distribution; the paper found expert solutions at
@@ -13,8 +13,28 @@ sentence removed), because that is the context the text is trained in:
 
 The text and the answer are tokenised separately (what the model would emit after c' need not merge
 with c' the way one string would), with the whitespace before the box moved to the answer side, as
-byte-level BPE tokenises it; all pairs of a shard go to the engine in one call. A pair that
-does not fit the context gets null scores instead of failing the shard.
+byte-level BPE tokenises it. A pair that does not fit the context gets null scores instead of
+failing the shard.
+
+**One pass per text, at most.** With a 152k vocabulary a teacher-forced position costs about as much
+as a generated token, so nothing is computed twice:
+
+- a CoT was generated after the plain prompt, so its ``nll_mean`` is the mean of the raw log-probs
+  generation returned for its tokens (the stop token left out): no pass at all;
+- every other text (explanations were generated after the hinted prompt, expert solutions were not
+  generated) gets one teacher-forced pass after the plain prompt;
+- ``answer_logprob`` is read from those same log-probs when the text's tokens begin with c' and the
+  box of the gold, i.e. the text's final answer is literally ``\\boxed{gold`` and tokenises at the
+  same boundaries as the separate encoding; only other texts need the pass with the gold put in.
+
+The numbers are those of two separate passes (a test checks it), except that a CoT's ``nll_mean``
+is over the tokens it was sampled as, which can differ from the re-encoded text's tokens when a
+model samples a non-canonical tokenisation.
+
+**Score what is used.** Positives (explanations, expert solutions, correct CoTs) get both scores.
+A CoT whose answer is not the gold needs its own pass for ``answer_logprob``; only the first
+``scoring.cot_answers`` of them per problem get one (in sample order: the order ``build`` takes
+rejected sides in, and a fixed sample for the report), or all with ``cot_answers: all``.
 """
 
 from __future__ import annotations
@@ -32,6 +52,12 @@ class ScoreInput:
     prompt_ids: list[int]  # the plain CoT prompt, chat-rendered and tokenised
     text: str
     gold: str
+    # A text sampled after ``prompt_ids``: its token ids and their raw log-probs as generation
+    # returned them, the stop token left out. None: the text is teacher-forced.
+    generated: tuple[list[int], list[float]] | None = None
+    # Whether answer_logprob is wanted when it costs a pass of its own.
+    answer_pass: bool = True
+    expert: bool = False  # an expert solution: its positions are counted apart
 
 
 @dataclass(frozen=True)
@@ -42,6 +68,16 @@ class Scores:
 
 
 NO_SCORES = Scores(None, None, None)
+
+
+@dataclass
+class ScoreCounts:
+    """What scoring computed: passes and target positions, for run.json and the benches."""
+
+    passes: int = 0
+    targets: int = 0  # target tokens of generated texts whose log-prob a teacher-forced pass computed
+    expert_targets: int = 0  # the same for expert solutions
+    answers_reused: int = 0  # answer_logprob read from a text's own log-probs
 
 
 def answer_target(gold: str) -> str:
@@ -55,43 +91,75 @@ def _encode(tokenizer: Any, text: str) -> list[int]:
     return list(tokenizer.encode(text, add_special_tokens=False)) if text else []
 
 
-def score_texts(engine: Engine, items: list[ScoreInput]) -> list[Scores]:
-    """Both scores for every item, in one batched ``Engine.score`` call."""
+def answer_split(tokenizer: Any, text: str, gold: str) -> tuple[list[int], list[int]]:
+    """c' and the answer target as token ids: the text cut before its final answer, and the box of
+    the gold with the whitespace that preceded the cut."""
+    cut = cut_before_answer(text)
+    stripped = cut.rstrip()
+    # Whitespace before the box goes with the answer ("is \\boxed" tokenises as "is", " \\", ...):
+    # a cut ending in a bare space would put an unnatural token before the target.
+    return _encode(tokenizer, stripped), _encode(tokenizer, cut[len(stripped) :] + answer_target(gold))
+
+
+def literal_target(text: str, gold: str) -> bool:
+    """Whether the text's final answer starts with the scored target itself (``\\boxed{`` and the
+    gold): then its answer_logprob usually comes free with the text's own log-probs."""
+    return text[len(cut_before_answer(text)) :].lstrip().startswith(answer_target(gold))
+
+
+def score_texts(engine: Engine, items: list[ScoreInput]) -> tuple[list[Scores], ScoreCounts]:
+    """Both scores for every item, from generation's log-probs where they exist and otherwise from
+    one batched ``Engine.score`` call; returns the scores and what computing them cost."""
     tok = engine.tokenizer
     limit = engine.max_model_len
+    counts = ScoreCounts()
     prefixes: list[list[int]] = []
     targets: list[list[int]] = []
-    slots: list[tuple[int, str]] = []  # (item index, "nll" | "answer")
+    slots: list[tuple[int, str]] = []  # (item index, "text" | "answer")
+    texts: dict[int, tuple[list[int], list[float] | None]] = {}  # tokens, log-probs (None: scored below)
+    reused: dict[int, tuple[int, int]] = {}  # answer_logprob = sum of the text's log-probs [a, b)
     for i, item in enumerate(items):
-        text_ids = _encode(tok, item.text)
-        if text_ids and fits(len(item.prompt_ids) + len(text_ids), limit):
-            prefixes.append(item.prompt_ids)
-            targets.append(text_ids)
-            slots.append((i, "nll"))
-        cut = cut_before_answer(item.text)
-        stripped = cut.rstrip()
-        # Whitespace before the box goes with the answer ("is \\boxed" tokenises as "is", " \\", ...):
-        # a cut ending in a bare space would put an unnatural token before the target.
-        cut_ids = _encode(tok, stripped)
-        box_ids = _encode(tok, cut[len(stripped) :] + answer_target(item.gold))
-        prefix = item.prompt_ids + cut_ids
-        if box_ids and fits(len(prefix) + len(box_ids), limit):
-            prefixes.append(prefix)
-            targets.append(box_ids)
-            slots.append((i, "answer"))
-    logprobs = engine.score(prefixes, targets) if prefixes else []
-    nll: dict[int, tuple[float, int]] = {}
-    answer: dict[int, float] = {}
-    for (i, what), lps in zip(slots, logprobs, strict=True):
-        if what == "nll":
-            nll[i] = (-sum(lps) / len(lps), len(lps))
+        if item.generated is not None:
+            texts[i] = item.generated
         else:
-            answer[i] = float(sum(lps))
-    return [
-        Scores(
-            nll_mean=nll[i][0] if i in nll else None,
-            nll_tokens=nll[i][1] if i in nll else None,
-            answer_logprob=answer.get(i),
+            text_ids = _encode(tok, item.text)
+            if text_ids and fits(len(item.prompt_ids) + len(text_ids), limit):
+                texts[i] = (text_ids, None)
+                slots.append((i, "text"))
+                prefixes.append(item.prompt_ids)
+                targets.append(text_ids)
+        cut_ids, box_ids = answer_split(tok, item.text, item.gold)
+        ids = texts[i][0] if i in texts else []
+        if box_ids and ids[: len(cut_ids) + len(box_ids)] == cut_ids + box_ids:
+            reused[i] = (len(cut_ids), len(cut_ids) + len(box_ids))
+        elif item.answer_pass and box_ids and fits(len(item.prompt_ids) + len(cut_ids) + len(box_ids), limit):
+            slots.append((i, "answer"))
+            prefixes.append(item.prompt_ids + cut_ids)
+            targets.append(box_ids)
+    logprobs = engine.score(prefixes, targets) if prefixes else []
+    counts.passes, counts.answers_reused = len(slots), len(reused)
+    for (i, _), target in zip(slots, targets, strict=True):
+        if items[i].expert:
+            counts.expert_targets += len(target)
+        else:
+            counts.targets += len(target)
+    answers: dict[int, float] = {}
+    for (i, what), lps in zip(slots, logprobs, strict=True):
+        if what == "text":
+            texts[i] = (texts[i][0], lps)
+        else:
+            answers[i] = float(sum(lps))
+    scores = []
+    for i in range(len(items)):
+        lps = texts[i][1] if i in texts else None
+        if i in reused and lps:
+            a, b = reused[i]
+            answers[i] = float(sum(lps[a:b]))
+        scores.append(
+            Scores(
+                nll_mean=-sum(lps) / len(lps) if lps else None,
+                nll_tokens=len(lps) if lps else None,
+                answer_logprob=answers.get(i),
+            )
         )
-        for i in range(len(items))
-    ]
+    return scores, counts

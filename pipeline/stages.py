@@ -1,8 +1,9 @@
 """The stages of a generation run, as plain functions the Prefect flow orchestrates.
 
 problems (load, validate, write) -> plan shards -> per shard, the **engine stage** (render prompts,
-one engine call for the shard's CoT and explanation requests, flag hint leaks, score every text and
-the expert solutions in one more call, write the rows without verdicts to ``samples_pending``) and
+one engine call for the shard's CoT and explanation requests, flag hint leaks, score the texts and
+the expert solutions in at most one more call, write the rows without verdicts to
+``samples_pending``; the per-text work is in :mod:`pipeline.completions`) and
 the **verifier stage** (verify, write the samples shard, which is the shard's done-marker). Each
 stage reads and writes the run dir, so it can run in another task, process or machine, and a rerun
 skips what is already done.
@@ -12,22 +13,21 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 import schemas
 from pipeline import progress
-from pipeline.config import RunConfig, SamplingConfig
-from pipeline.engines import Engine, Request, Result, Sampling, derive_seed
+from pipeline.completions import Extra, Generated, build_requests, leak_flags, sample_rows, score_shard
+from pipeline.config import RunConfig
+from pipeline.engines import Engine, derive_seed
 from pipeline.errors import RunDirError
-from pipeline.leaks import detect_leak
-from pipeline.manifest import ShardOutcome, describe_engine, model_fingerprint, model_label, shard_key
+from pipeline.manifest import ShardOutcome, describe_engine, model_fingerprint, shard_key
 from pipeline.problems import ProblemSet, load_problems
-from pipeline.prompts import Message, PromptTemplate, encode_chat, get_template
-from pipeline.scoring import NO_SCORES, ScoreInput, Scores, score_texts
+from pipeline.prompts import get_template
+from pipeline.scoring import NO_SCORES, ScoreCounts
 from pipeline.store import (
     PENDING_STATS_META,
     PROBLEMS_ROW_GROUP,
@@ -36,7 +36,6 @@ from pipeline.store import (
     read_table,
     write_parquet,
 )
-from pipeline.text import storable
 from pipeline.timeline import stamp, this_worker
 from pipeline.verify import VerifierPool
 from schemas.run_doc import EngineInfo, ProblemsSummary, ShardRecord
@@ -86,167 +85,6 @@ def plan_shards(cfg: RunConfig, run: RunDir) -> list[ShardPlan]:
 # The engine stage
 
 
-@dataclass(frozen=True)
-class RequestMeta:
-    """Which problem and prompt an engine request stands for."""
-
-    problem: dict[str, Any]
-    kind: str  # cot | explanation
-    messages: list[Message]
-
-
-@dataclass(frozen=True)
-class Extra:
-    """Per-completion fields computed after generation: leak flag and the two scores."""
-
-    hint_leak: bool | None = None
-    hint_leak_reason: str | None = None
-    scores: Scores = NO_SCORES
-
-
-@dataclass
-class Generated:
-    """One shard's engine call: the requests, what they stand for, and what came back (texts made
-    storable on arrival; ``unstorable`` says which were not, per (request id, sample index))."""
-
-    problems: list[dict[str, Any]]
-    requests: list[Request]
-    meta: dict[str, RequestMeta]
-    results: list[Result]
-    unstorable: dict[tuple[str, int], str] = field(default_factory=dict)
-
-    def __post_init__(self) -> None:
-        for res in self.results:
-            for i, c in enumerate(res.completions):
-                c.text, problem = storable(c.text)
-                if problem is not None:
-                    self.unstorable[res.request_id, i] = problem
-
-    def pairs(self) -> list[tuple[Request, Result, RequestMeta]]:
-        return [(q, r, self.meta[q.request_id]) for q, r in zip(self.requests, self.results, strict=True)]
-
-
-def _sampling(s: SamplingConfig, n: int, seed: int) -> Sampling:
-    return Sampling(n=n, temperature=s.temperature, top_p=s.top_p, max_tokens=s.max_tokens, seed=seed)
-
-
-def build_requests(
-    problems: list[dict[str, Any]], cfg: RunConfig, engine: Engine, template: PromptTemplate
-) -> tuple[list[Request], dict[str, RequestMeta]]:
-    """Both kinds of request for every problem of a shard, for a single engine call."""
-    gen = cfg.generation
-    requests: list[Request] = []
-    meta: dict[str, RequestMeta] = {}
-    for p in problems:
-        wanted = [
-            ("cot", gen.rollouts, gen.sampling, None),
-            ("explanation", gen.explanations, gen.explanation_params, p["answer"]),
-        ]
-        for kind, n, params, answer in wanted:
-            if n == 0:
-                continue
-            messages = template.messages(kind, p["question"], answer)
-            rid = f"{p['problem_id']}/{kind}"
-            seed = derive_seed(params.seed, p["problem_id"], kind)
-            requests.append(Request(rid, encode_chat(engine.tokenizer, messages), _sampling(params, n, seed)))
-            meta[rid] = RequestMeta(p, kind, messages)
-    return requests, meta
-
-
-def leak_flags(gen: Generated, template: PromptTemplate) -> list[list[tuple[bool | None, str | None]]]:
-    """Hint-leak flags of every explanation (None for CoTs, which saw no hint)."""
-    flags = []
-    for _, res, m in gen.pairs():
-        row: list[tuple[bool | None, str | None]] = []
-        for c in res.completions:
-            if m.kind == "explanation":
-                leak = detect_leak(c.text, template.hint(m.problem["answer"]), m.problem["question"])
-                row.append((leak is not None, leak.reason if leak else None))
-            else:
-                row.append((None, None))
-        flags.append(row)
-    return flags
-
-
-def score_shard(
-    gen: Generated, engine: Engine, template: PromptTemplate
-) -> tuple[list[list[Scores]], list[dict[str, Any]]]:
-    """Both scores of every completion and of each problem's expert solution, in one engine call,
-    all after the problem's plain CoT prompt."""
-    plain = {
-        p["problem_id"]: encode_chat(engine.tokenizer, template.messages("cot", p["question"])) for p in gen.problems
-    }
-    items: list[ScoreInput] = []
-    for _, res, m in gen.pairs():
-        items.extend(ScoreInput(plain[m.problem["problem_id"]], c.text, m.problem["answer"]) for c in res.completions)
-    experts = [p for p in gen.problems if p["expert_solution"]]
-    items.extend(ScoreInput(plain[p["problem_id"]], p["expert_solution"], p["answer"]) for p in experts)
-    flat = iter(score_texts(engine, items))
-    scores = [[next(flat) for _ in res.completions] for res in gen.results]
-    expert_rows = []
-    for p in experts:
-        sc = next(flat)
-        expert_rows.append(
-            {
-                "problem_id": p["problem_id"],
-                "expert_nll_mean": sc.nll_mean,
-                "expert_nll_tokens": sc.nll_tokens,
-                "expert_answer_logprob": sc.answer_logprob,
-            }
-        )
-    return scores, expert_rows
-
-
-def sample_rows(cfg: RunConfig, index: int, gen: Generated, extras: list[list[Extra]], engine_name: str) -> list[dict]:
-    """The rows of a pending shard: one per completion, verdicts left to the verifier stage (an
-    engine failure is decided here: its rows carry the ``error`` verdict)."""
-    label = model_label(cfg.model.path)
-    version = get_template(cfg.prompts.template).version
-    rows = []
-    for (req, res, m), xs in zip(gen.pairs(), extras, strict=True):
-        completions = [None] * req.sampling.n if res.error is not None else res.completions
-        for i, c in enumerate(completions):
-            x = xs[i] if c is not None else Extra()
-            # Verdicts are the verifier stage's; an engine failure, or a text that could not be
-            # stored as it came, is decided here.
-            problem = f"engine: {res.error}" if c is None else gen.unstorable.get((req.request_id, i))
-            problem = f"completion: {problem}" if c is not None and problem else problem
-            rows.append(
-                {
-                    "sample_id": f"{m.problem['problem_id']}/{m.kind}/{i}",
-                    "problem_id": m.problem["problem_id"],
-                    "shard": index,
-                    "kind": m.kind,
-                    "sample_index": i,
-                    "level": m.problem["level"],
-                    "subject": m.problem["subject"],
-                    "prompt": m.messages,
-                    "completion": c.text if c else "",
-                    "gold": m.problem["answer"],
-                    "extracted": None,
-                    "parsed_answer": None,
-                    "verdict": "error" if problem else None,
-                    "verdict_detail": problem,
-                    "extracted_by": None,
-                    "alt_verdict": None,
-                    "finish_reason": c.finish_reason if c else "error",
-                    "prompt_tokens": res.prompt_tokens,
-                    "completion_tokens": len(c.token_ids) if c else 0,
-                    "cumulative_logprob": c.cumulative_logprob if c else None,
-                    "hint_leak": x.hint_leak,
-                    "hint_leak_reason": x.hint_leak_reason,
-                    "nll_mean": x.scores.nll_mean,
-                    "nll_tokens": x.scores.nll_tokens,
-                    "answer_logprob": x.scores.answer_logprob,
-                    "model": label,
-                    "engine": engine_name,
-                    "template_version": version,
-                    "seed": req.sampling.seed,
-                }
-            )
-    return rows
-
-
 def needs_engine(run: RunDir, plan: ShardPlan) -> bool:
     """Whether the engine stage has work: neither the shard nor its generated-but-unverified file
     exists for this key. Checked before an engine is loaded, so a resumed run loads none."""
@@ -275,9 +113,10 @@ def generate_shard(cfg: RunConfig, run: RunDir, plan: ShardPlan, engine: Engine 
     t_gen, c_gen = time.monotonic(), stamp()
     flags = leak_flags(gen, template)
     if cfg.scoring.enabled:
-        scores, expert_rows = score_shard(gen, engine, template)
+        scores, expert_rows, counts = score_shard(gen, engine, template, cfg.scoring)
     else:
         scores, expert_rows = [[NO_SCORES] * len(res.completions) for res in results], []
+        counts = ScoreCounts()
     extras = [
         [Extra(leak, reason, sc) for (leak, reason), sc in zip(frow, srow, strict=True)]
         for frow, srow in zip(flags, scores, strict=True)
@@ -297,6 +136,11 @@ def generate_shard(cfg: RunConfig, run: RunDir, plan: ShardPlan, engine: Engine 
         score_s=round(t_score - t_gen, 3),
         engine=this_worker(),
         stages={"generate": [c0, c_gen], "score": [c_gen, c_score]},
+        generated_tokens=sum(len(c.token_ids) for res in results for c in res.completions),
+        score_passes=counts.passes,
+        scored_tokens=counts.targets,
+        scored_expert_tokens=counts.expert_targets,
+        answers_reused=counts.answers_reused,
     )
     info = describe_engine(engine)
     # The engine stage's record travels in the pending file, so a verifier stage in another

@@ -80,6 +80,13 @@ class ShardRecord(Section):
     engine: Worker | None = None
     verifier: Worker | None = None
     stages: dict[str, list[float]] = Field(default_factory=dict)
+    # What scoring cost (pipeline/scoring.py): tokens generated, teacher-forced passes, target
+    # positions they scored for generated texts and for expert solutions, answer scores reused.
+    generated_tokens: int | None = None
+    score_passes: int | None = None
+    scored_tokens: int | None = None
+    scored_expert_tokens: int | None = None
+    answers_reused: int | None = None
 
 
 class LastInvocation(Section):
@@ -184,6 +191,9 @@ class RunDoc(Section):
     summary: RunSummary | None = None
     build: BuildStats | None = None
     scoring: ScoringConfig | None = None
+    # What requests were sampled with: per kind the effective parameters, and what the model's
+    # generation_config.json set (see pipeline/sampling.py).
+    sampling: dict[str, Any] | None = None
     tables: dict[str, TableEntry] = Field(default_factory=dict)
     timings: Timings | None = None
     rebuilt_from: RebuiltFrom | None = None

@@ -9,6 +9,7 @@ from typer.testing import CliRunner
 
 import schemas
 from pipeline.errors import RunDirConflictError
+from pipeline.scoring import literal_target
 from pipeline.store import RunDir, read_table
 
 from .conftest import DATA, QUICKSTART
@@ -71,8 +72,23 @@ def test_quickstart_tables(run_fixture, request):
     # the ExPO situation on the quickstart: explanations mostly right, plain CoT mostly wrong
     assert _accuracy(samples, "explanation") >= 0.5
     assert _accuracy(samples, "cot") <= 0.35
-    # scores and leak flags on the real path
-    assert all(r["nll_mean"] is not None and r["answer_logprob"] is not None for r in rows if r["completion"])
+    # scores and leak flags on the real path: every text's nll_mean; answer_logprob for every
+    # explanation and the CoTs that are used (scoring.cot_answers: the first 2 per problem whose
+    # answer is not the gold), which covers every rejected side of a pair
+    assert all(r["nll_mean"] is not None for r in rows if r["completion"])
+    assert all(r["answer_logprob"] is not None for r in rows if r["completion"] and r["kind"] == "explanation")
+    for pid in {r["problem_id"] for r in rows}:
+        cots = sorted(
+            (r for r in rows if r["problem_id"] == pid and r["kind"] == "cot"), key=lambda r: r["sample_index"]
+        )
+        others = [r for r in cots if not literal_target(r["completion"], r["gold"])]
+        assert [r["answer_logprob"] is not None for r in others] == [i < 2 for i in range(len(others))]
+    for name in ("dpo", "dpo_self"):
+        pairs = read_table(run.table(name), name).to_pylist()
+        assert all(p["rejected_answer_logprob"] is not None and p["chosen_answer_logprob"] is not None for p in pairs)
+    # what scoring cost, per shard: no more target positions than generated tokens
+    for shard in run.read_doc().shards.values():
+        assert 0 < shard.scored_tokens <= shard.generated_tokens and shard.scored_expert_tokens > 0
     assert all((r["hint_leak"] is None) == (r["kind"] == "cot") for r in rows)
 
 

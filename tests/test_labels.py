@@ -94,10 +94,10 @@ def test_a_bad_row_is_that_rows_error_and_every_other_row_is_written(tmp_path):
 
 
 def test_an_engine_text_that_cannot_be_stored_is_that_samples_error():
+    from pipeline.completions import Extra, Generated, RequestMeta, sample_rows
     from pipeline.config import config_from_dict
     from pipeline.engines import Completion, Request, Result, Sampling
     from pipeline.prompts import EXPO_V1
-    from pipeline.stages import Extra, Generated, RequestMeta, sample_rows
 
     cfg = config_from_dict({"output_dir": "/tmp/x", "model": {"path": "m"}, "problems": {"source": "p"}})
     problem = {"problem_id": "p1", "question": "Q", "answer": "3", "level": 1, "subject": None}

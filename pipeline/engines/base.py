@@ -24,13 +24,17 @@ from pipeline.errors import EngineError
 
 @dataclass(frozen=True)
 class Sampling:
-    """Always explicit: no engine default (vLLM's max_tokens=16, a model's generation_config) applies."""
+    """Always explicit: no engine default (vLLM's max_tokens=16, a model's generation_config) applies;
+    ``pipeline.sampling`` resolves these values once for both engines. top_k 0 and min_p 0 are off."""
 
     n: int
     temperature: float
     top_p: float
     max_tokens: int
     seed: int
+    top_k: int = 0
+    min_p: float = 0.0
+    repetition_penalty: float = 1.0
 
     def __post_init__(self) -> None:
         if self.n < 1:
@@ -41,6 +45,23 @@ class Sampling:
             raise ValueError("temperature must be >= 0")
         if not 0 < self.top_p <= 1:
             raise ValueError("top_p must be in (0, 1]")
+        if self.top_k < 0:
+            raise ValueError("top_k must be >= 0 (0: off)")
+        if not 0 <= self.min_p <= 1:
+            raise ValueError("min_p must be in [0, 1]")
+        if self.repetition_penalty <= 0:
+            raise ValueError("repetition_penalty must be > 0")
+
+    @property
+    def params(self) -> dict[str, float | int]:
+        """The sampling parameters proper (what the engines must both apply)."""
+        return {
+            "temperature": self.temperature,
+            "top_p": self.top_p,
+            "top_k": self.top_k,
+            "min_p": self.min_p,
+            "repetition_penalty": self.repetition_penalty,
+        }
 
 
 @dataclass(frozen=True)
@@ -56,6 +77,9 @@ class Completion:
     token_ids: list[int]
     finish_reason: str  # stop | length
     cumulative_logprob: float | None  # sum of raw-model log-probs of the sampled tokens
+    # Raw-model log-prob of each sampled token (stop token included), when the engine returns them:
+    # a CoT's nll_mean comes from these, with no teacher-forced pass (pipeline.scoring).
+    token_logprobs: list[float] | None = None
 
 
 @dataclass

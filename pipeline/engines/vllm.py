@@ -50,6 +50,14 @@ def configure_env(device: str, cpu_kvcache_gib: int) -> bool:
     return on_cpu
 
 
+def _sampled_logprobs(c: Any) -> list[float] | None:
+    """Each sampled token's log-prob from a completion asked with ``logprobs=0`` (a position's
+    dict holds the sampled token, and the top-k we did not ask for)."""
+    if c.logprobs is None:
+        return None
+    return [float(pos[tok].logprob) for tok, pos in zip(c.token_ids, c.logprobs, strict=True)]
+
+
 class VLLMEngine:
     name = "vllm"
 
@@ -97,12 +105,11 @@ class VLLMEngine:
         s = r.sampling
         return self._vllm.SamplingParams(
             n=1 if s.temperature == 0 else s.n,  # greedy samples are identical: decode once, repeat
-            temperature=s.temperature,
-            top_p=s.top_p,
+            **s.params,
             max_tokens=s.max_tokens,
             seed=s.seed,
             stop_token_ids=self.stop_ids,
-            logprobs=0,  # the sampled token's log-prob only: enough for cumulative_logprob
+            logprobs=0,  # the sampled token's raw log-prob only: token_logprobs and cumulative_logprob
             **extra,
         )
 
@@ -135,6 +142,7 @@ class VLLMEngine:
                         token_ids=list(c.token_ids),
                         finish_reason="stop" if c.finish_reason == "stop" else "length",
                         cumulative_logprob=None if c.cumulative_logprob is None else float(c.cumulative_logprob),
+                        token_logprobs=_sampled_logprobs(c),
                     )
                     for c in sorted(o.outputs, key=lambda c: c.index)
                 ]
