@@ -133,13 +133,14 @@ def inspect(
     """Counts and a few rows of every table in a run dir."""
     from flows.views import print_inspection
     from pipeline.errors import RunDirError
-    from pipeline.inspection import peek_run
+    from pipeline.inspection import peek_run, render_prompts
     from pipeline.store import RunDir
 
     run = RunDir(run_dir)
     if not run.root.is_dir():
         raise RunDirError(f"no such run dir: {run_dir}")
-    print_inspection(run.read_doc(), peek_run(run, rows), width)
+    doc, peeks = run.read_doc(), peek_run(run, rows)
+    print_inspection(doc, peeks, width, render_prompts(doc, peeks))
 
 
 class ExtractionArg(StrEnum):

@@ -77,6 +77,8 @@ def run_generation(cfg: RunConfig, force_new: bool = False) -> str:
     locate_model(cfg.model.path)  # a missing model fails before the run dir is touched
     run = manifest.start_run(cfg, force=force_new)
     get_run_logger().info("run %s: %s -> %s", cfg.name, cfg.problems.source, run.root)
+    for warning in run.read_doc().prompts.warnings:
+        get_run_logger().warning("prompts: %s", warning)
     try:
         v = cfg.verifier
         problems = load_problems_task(cfg, run, shared_pool(v.workers, v.timeout_s, v.extraction))

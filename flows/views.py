@@ -102,7 +102,7 @@ def _truncate(value: Any, width: int) -> str:
     return text if len(text) <= width else text[: width - 1] + "…"
 
 
-def print_inspection(doc: RunDoc | None, peeks: list[Any], width: int) -> None:
+def print_inspection(doc: RunDoc | None, peeks: list[Any], width: int, rendered: tuple[list, str | None]) -> None:
     if doc is not None:
         model = doc.model.id if doc.model else "?"
         engine = doc.model.engine if doc.model else "?"
@@ -132,6 +132,16 @@ def print_inspection(doc: RunDoc | None, peeks: list[Any], width: int) -> None:
             for col in peek.columns:
                 view.add_row(col, escape(_truncate(r[col], width)))
             console.print(view)
+    prompts, note = rendered
+    for p in prompts:
+        console.print(
+            f"\n[bold]{p.kind} prompt as the model saw it[/] ({escape(p.sample_id)}, through its chat template):"
+        )
+        console.print(p.text, highlight=False, markup=False)
+    if note:
+        console.print(f"\n[yellow]{escape(note)}[/]")
+    for warning in doc.prompts.warnings if doc is not None and doc.prompts else []:
+        console.print(f"\n[yellow]prompts: {escape(warning)}[/]")
     if doc is not None and doc.summary is not None:
         console.print()
         print_summary(doc.summary, doc.problems)

@@ -82,7 +82,7 @@ def build_requests(
         for kind, n, params, answer in wanted:
             if n == 0:
                 continue
-            messages = template.messages(kind, p["question"], answer)
+            messages = template.messages(kind, p["question"], answer, system=cfg.prompts.system)
             rid = f"{p['problem_id']}/{kind}"
             seed = derive_seed(params.seed, p["problem_id"], kind)
             requests.append(Request(rid, encode_chat(engine.tokenizer, messages), _sampling(params, model, n, seed)))
@@ -106,12 +106,14 @@ def leak_flags(gen: Generated, template: PromptTemplate) -> list[list[tuple[bool
 
 
 def score_shard(
-    gen: Generated, engine: Engine, template: PromptTemplate, cfg: ScoringConfig
+    gen: Generated, engine: Engine, template: PromptTemplate, cfg: ScoringConfig, system: str | None = None
 ) -> tuple[list[list[Scores]], list[dict[str, Any]], ScoreCounts]:
     """Both scores of every completion and of each problem's expert solution, all after the
-    problem's plain CoT prompt, in one engine call (a CoT's own log-probs give its nll_mean)."""
+    problem's plain CoT prompt (``system`` as the requests had it), in one engine call (a CoT's own
+    log-probs give its nll_mean)."""
     plain = {
-        p["problem_id"]: encode_chat(engine.tokenizer, template.messages("cot", p["question"])) for p in gen.problems
+        p["problem_id"]: encode_chat(engine.tokenizer, template.messages("cot", p["question"], system=system))
+        for p in gen.problems
     }
     items: list[ScoreInput] = []
     for _, res, m in gen.pairs():

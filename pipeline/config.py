@@ -111,6 +111,11 @@ class GenerationConfig(Strict):
 
 class PromptsConfig(Strict):
     template: str = DEFAULT_TEMPLATE
+    system: str | None = Field(
+        default=None,
+        description="the system turn: unset for the chat template's default (none, or e.g. Qwen2.5's), "
+        "'' for an empty one, or a text",
+    )
 
 
 class VerifierConfig(Strict):

@@ -50,3 +50,40 @@ def peek_table(run: RunDir, name: str, rows: int) -> TablePeek:
 def peek_run(run: RunDir, rows: int = 3) -> list[TablePeek]:
     """Every table a person looks at, in run-dir order."""
     return [peek_table(run, name, rows) for name in schemas.SHOWN]
+
+
+@dataclass
+class RenderedPrompt:
+    kind: str
+    sample_id: str
+    text: str  # the exact text the model was conditioned on, system turn included
+
+
+def render_prompts(doc: Any, peeks: list[TablePeek]) -> tuple[list[RenderedPrompt], str | None]:
+    """The shown samples' prompts as the model saw them, through its chat template (which may add a
+    system turn the ``prompt`` column does not hold); with a note instead when the model's tokenizer
+    cannot be loaded here."""
+    from pipeline.prompts import render_chat
+
+    samples = next((p for p in peeks if p.name == "samples" and p.shown), None)
+    if samples is None or doc is None or doc.config is None:
+        return [], None
+    model = doc.config.model
+    try:
+        from transformers import AutoTokenizer
+
+        tokenizer = AutoTokenizer.from_pretrained(
+            model.path, revision=model.revision, trust_remote_code=model.trust_remote_code
+        )
+    except (OSError, ValueError) as e:
+        return [], f"the prompts as rendered need the model's tokenizer ({model.path}): {e}"
+    shown, kinds = [], set()
+    for _, row in samples.shown:
+        if row["kind"] not in kinds:
+            kinds.add(row["kind"])
+            try:
+                text = render_chat(tokenizer, row["prompt"])
+            except ExpoDataError as e:
+                return [], str(e)
+            shown.append(RenderedPrompt(row["kind"], row["sample_id"], text))
+    return shown, None

@@ -15,6 +15,7 @@ import json
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -22,8 +23,8 @@ import schemas
 from pipeline import __version__
 from pipeline.config import RunConfig, diff_configs
 from pipeline.engines import Engine
-from pipeline.errors import START_OVER, RunDirConflictError
-from pipeline.prompts import PromptTemplate, chat_template_digest, get_template
+from pipeline.errors import START_OVER, ExpoDataError, RunDirConflictError
+from pipeline.prompts import PromptTemplate, chat_template_digest, get_template, repeated_instruction
 from pipeline.sampling import describe as describe_sampling
 from pipeline.store import RunDir, file_sha256, parquet_files, parquet_rows
 from pipeline.verify import VERIFIER_VERSION
@@ -130,6 +131,29 @@ def changed_output_keys(old: dict[str, Any], new: RunConfig) -> list[str]:
 # The engine as run.json describes it
 
 
+def describe_prompts(cfg: RunConfig) -> PromptsInfo:
+    """The prompt template, the system turn, and what rendering them through the model's chat
+    template warns of (an instruction said twice)."""
+    template = get_template(cfg.prompts.template)
+    warning = _prompt_warning(
+        cfg.model.path, cfg.model.revision, cfg.model.trust_remote_code, template, cfg.prompts.system
+    )
+    return PromptsInfo(**template.to_dict(), system=cfg.prompts.system, warnings=[warning] if warning else [])
+
+
+@lru_cache(maxsize=8)
+def _prompt_warning(
+    path: str, revision: str | None, trust_remote_code: bool, template: PromptTemplate, system: str | None
+) -> str | None:
+    from transformers import AutoTokenizer
+
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path, revision=revision, trust_remote_code=trust_remote_code)
+        return repeated_instruction(tokenizer, template, system)
+    except (OSError, ValueError, ExpoDataError):  # the engine stage reports an unusable tokenizer
+        return None
+
+
 def describe_engine(engine: Engine) -> EngineInfo:
     return EngineInfo(
         engine=engine.name,
@@ -215,6 +239,7 @@ def start_run(cfg: RunConfig, force: bool = False) -> RunDir:
     doc = previous or RunDoc(expo_data_version=__version__, name=cfg.name, status="running", created=now())
     doc.status, doc.config, doc.config_fingerprint = "running", cfg, cfg.fingerprint()
     doc.sampling = describe_sampling(cfg.generation, cfg.model.path, cfg.model.revision)
+    doc.prompts = describe_prompts(cfg)
     run.write_doc(doc)
     return run
 
@@ -253,7 +278,7 @@ def finish_run(cfg: RunConfig, run: RunDir, results: RunResults) -> RunDoc:
             fingerprint=model_fingerprint(cfg.model.path, cfg.model.revision),
             **results.engine.model_dump(),
         ),
-        prompts=PromptsInfo(**get_template(cfg.prompts.template).to_dict()),
+        prompts=describe_prompts(cfg),
         verifier=VerifierInfo(version=VERIFIER_VERSION, math_verify=dist_version("math-verify")),
         versions=runtime_versions(cfg.model.engine),
         schemas={name: schemas.version(s) for name, s in schemas.TABLES.items()},

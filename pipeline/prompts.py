@@ -11,6 +11,7 @@ Question and answer text is untrusted: it is substituted with plain string repla
 from __future__ import annotations
 
 import hashlib
+import re
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -48,14 +49,25 @@ class PromptTemplate:
         head, tail = self.user.split("{hint}")
         return head.replace("{question}", question) + hint + tail.replace("{question}", question)
 
-    def messages(self, kind: Kind, question: str, answer: str | None = None) -> list[Message]:
+    def messages(
+        self, kind: Kind, question: str, answer: str | None = None, system: str | None = None
+    ) -> list[Message]:
+        """The conversation of one request. ``system`` None gives no system turn (the chat
+        template's default applies, e.g. Qwen2.5's "You are Qwen, ..."); "" an empty one."""
+        head: list[Message] = [] if system is None else [{"role": "system", "content": system}]
         if kind == "cot":
-            return [{"role": "user", "content": self.user_text(question)}]
+            return [*head, {"role": "user", "content": self.user_text(question)}]
         if kind == "explanation":
             if answer is None:
                 raise ValueError("an explanation prompt needs the gold answer")
-            return [{"role": "user", "content": self.user_text(question, answer)}]
+            return [*head, {"role": "user", "content": self.user_text(question, answer)}]
         raise ValueError(f"unknown prompt kind {kind!r}")
+
+    def instruction_parts(self) -> list[str]:
+        """The template's own sentences (around the slots) long enough to recognise elsewhere."""
+        static = self.user.replace("{question}", "\n").replace("{hint}", "\n")
+        sentences = re.split(r"(?<=[.!?])\s+|\n", static)
+        return [x.strip() for x in sentences if len(x.strip()) >= 20]
 
     @property
     def digest(self) -> str:
@@ -104,6 +116,21 @@ def encode_chat(tokenizer: Any, messages: list[Message]) -> list[int]:
     """The rendered prompt as token ids, tokenised once by us (no special tokens added on top of
     the template's), so every engine and trainer sees exactly the same input."""
     return list(tokenizer.encode(render_chat(tokenizer, messages), add_special_tokens=False))
+
+
+def repeated_instruction(tokenizer: Any, template: PromptTemplate, system: str | None) -> str | None:
+    """A warning when the rendered CoT prompt says the template's instruction twice: a chat
+    template's default system prompt may carry it already (Qwen2.5-Math-Instruct's is exactly
+    "Please reason step by step, and put your final answer within \\boxed{}.")."""
+    rendered = render_chat(tokenizer, template.messages("cot", "Q", system=system))
+    repeated = [part for part in template.instruction_parts() if rendered.count(part) > 1]
+    if not repeated:
+        return None
+    return (
+        f"the rendered prompt holds the instruction {repeated[0]!r} {rendered.count(repeated[0])} times: the system "
+        "prompt (the chat template's default, or prompts.system) repeats it. Set prompts.system to a text without "
+        "it, or to '' for an empty system turn"
+    )
 
 
 def chat_template_digest(tokenizer: Any) -> str:

@@ -43,6 +43,8 @@ class PromptsInfo(Section):
     user: str | None = None
     answer_sentence: str | None = None
     digest: str | None = None
+    system: str | None = None  # prompts.system: None for the chat template's default
+    warnings: list[str] = Field(default_factory=list)
 
 
 class VerifierInfo(Section):

@@ -68,6 +68,30 @@ def tiny_model() -> Path:
     return TINY
 
 
+# Qwen2.5-Math-Instruct's chat template in miniature: a conversation without a system turn gets a
+# default one, and that default is our CoT instruction.
+MATH_SYSTEM = "Please reason step by step, and put your final answer within \\boxed{}."
+DEFAULT_SYSTEM_TEMPLATE = (
+    "{%- if messages[0]['role'] != 'system' %}{{- '<|im_start|>system\\n"
+    + MATH_SYSTEM.replace("\\", "\\\\")
+    + "<|im_end|>\\n' }}{%- endif %}"
+    "{%- for message in messages %}{{- '<|im_start|>' + message['role'] + '\\n' + message['content'] + "
+    "'<|im_end|>\\n' }}{%- endfor %}"
+    "{%- if add_generation_prompt %}{{- '<|im_start|>assistant\\n' }}{%- endif %}"
+)
+
+
+@pytest.fixture(scope="session")
+def system_prompt_model(tiny_model, tmp_path_factory) -> Path:
+    """The tiny model with a chat template that adds a default system prompt repeating our instruction."""
+    import shutil
+
+    folder = tmp_path_factory.mktemp("system-prompt") / "tiny-math-system"
+    shutil.copytree(tiny_model, folder)
+    (folder / "chat_template.jinja").write_text(DEFAULT_SYSTEM_TEMPLATE)
+    return folder
+
+
 @pytest.fixture(scope="session")
 def pool():
     from pipeline.verify import VerifierPool

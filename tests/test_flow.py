@@ -181,7 +181,13 @@ def test_changed_config_refuses_to_mix(vllm_run):
         generate_flow(str(QUICKSTART), overrides=[f"output_dir={vllm_run.root}", "generation.rollouts=2"])
 
 
-def test_cli_run_and_inspect(prefect_harness, tmp_path):
+def test_cli_run_and_inspect(prefect_harness, tmp_path, system_prompt_model):
+    """On a model whose chat template adds a default system prompt that repeats our instruction
+    (as Qwen2.5-Math-Instruct's does): the run warns of it, inspect shows the prompt as the model saw
+    it, and every row's prompt column renders, as TRL renders it, to the tokens generated from."""
+    from transformers import AutoTokenizer
+    from trl.data_utils import maybe_apply_chat_template
+
     from flows.cli import app
 
     out = tmp_path / "cli-run"
@@ -199,14 +205,26 @@ def test_cli_run_and_inspect(prefect_harness, tmp_path):
             "model.engine=hf",
             "--set",
             "generation.rollouts=2",
+            "--set",
+            f"model.path={system_prompt_model}",
         ],
     )
     assert result.exit_code == 0, result.output
     assert "accuracy by level" in result.output and "run dir:" in result.output
-    assert read_table(RunDir(out).samples, "samples").num_rows == 8 * 4
+    warnings = RunDir(out).require_doc().prompts.warnings
+    assert len(warnings) == 1 and "repeats it" in warnings[0]
+    samples = read_table(RunDir(out).samples, "samples").to_pylist()
+    assert len(samples) == 8 * 4
+    tok = AutoTokenizer.from_pretrained(system_prompt_model)
+    for row in samples:
+        text = maybe_apply_chat_template({"prompt": row["prompt"]}, tok)["prompt"]
+        assert len(tok(text, add_special_tokens=False)["input_ids"]) == row["prompt_tokens"]
     shown = runner.invoke(app, ["inspect", str(out), "--rows", "1"])
     assert shown.exit_code == 0, shown.output
     assert "samples: 32 rows" in shown.output and "problems: 8 rows" in shown.output
+    assert "cot prompt as the model saw it" in shown.output and "explanation prompt as the model saw it" in shown.output
+    assert "<|im_start|>system\nPlease reason step by step" in shown.output
+    assert "prompts: the rendered prompt holds the instruction" in shown.output.replace("\n", " ")
 
 
 def test_cli_reports_config_errors_without_traceback(tmp_path):

@@ -61,3 +61,59 @@ def test_render_requires_a_chat_template():
 
     with pytest.raises(ModelError, match="no chat template"):
         render_chat(NoTemplate(), [{"role": "user", "content": "x"}])
+
+
+def _tokenizer(folder):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(folder)
+
+
+def _trl_prompt_ids(tokenizer, messages):
+    """The prompt as TRL's trainers render and tokenise a conversational ``prompt`` column."""
+    from trl.data_utils import maybe_apply_chat_template
+
+    text = maybe_apply_chat_template({"prompt": messages}, tokenizer)["prompt"]
+    return tokenizer(text, add_special_tokens=False)["input_ids"]
+
+
+@pytest.mark.parametrize("system", [None, "", "You solve competition problems."])
+def test_the_prompt_column_renders_to_the_tokens_generated_from(system, system_prompt_model):
+    """Whatever the system turn (the chat template's default, an empty one, a text), the messages a
+    row stores are what TRL renders to exactly the ids the engine was given."""
+    from pipeline.completions import build_requests
+    from pipeline.config import config_from_dict
+
+    tok = _tokenizer(system_prompt_model)
+    cfg = config_from_dict(
+        {
+            "output_dir": "o",
+            "model": {"path": str(system_prompt_model)},
+            "problems": {"source": "p"},
+            "prompts": {"system": system},
+            "generation": {"rollouts": 1, "explanations": 1},
+        }
+    )
+
+    class Engine:  # only the tokenizer is read while requests are built
+        tokenizer = tok
+
+    problems = [{"problem_id": "p0", "question": "What is $23+45$?", "answer": "68"}]
+    requests, meta = build_requests(problems, cfg, Engine(), EXPO_V1)
+    for r in requests:
+        messages = meta[r.request_id].messages
+        assert (messages[0]["role"] == "system") == (system is not None)
+        assert _trl_prompt_ids(tok, messages) == r.prompt_ids
+        rendered = tok.decode(r.prompt_ids)
+        assert ("Please reason step by step" in rendered.split("<|im_start|>user")[0]) == (system is None)
+
+
+def test_a_system_prompt_that_repeats_the_instruction_is_warned_of(system_prompt_model, tiny_model):
+    from pipeline.prompts import repeated_instruction
+
+    math_tok = _tokenizer(system_prompt_model)
+    warning = repeated_instruction(math_tok, EXPO_V1, None)
+    assert "2 times" in warning and "prompts.system" in warning
+    assert repeated_instruction(math_tok, EXPO_V1, "") is None
+    assert repeated_instruction(math_tok, EXPO_V1, "You are a careful mathematician.") is None
+    assert repeated_instruction(_tokenizer(tiny_model), EXPO_V1, None) is None
