@@ -47,6 +47,22 @@ def test_verl_loads_every_row_and_batches_it(verl_scores, quickstart_run):
 
 
 @pytest.mark.slow
+def test_verl_renders_the_prompts_the_rollouts_were_generated_from(verl_scores, quickstart_run, tiny_model):
+    """verl tokenises a row's prompt to exactly the ids our engine sampled its rollouts after."""
+    from transformers import AutoTokenizer
+
+    from pipeline.prompts import encode_chat
+    from pipeline.store import read_table
+
+    tok = AutoTokenizer.from_pretrained(tiny_model)
+    samples = read_table(quickstart_run.samples, "samples").to_pylist()
+    cots = {r["problem_id"]: r for r in samples if r["kind"] == "cot"}
+    for pid, ids in zip(verl_scores["problem_ids"], verl_scores["prompt_ids"], strict=True):
+        assert ids == encode_chat(tok, cots[pid]["prompt"])
+        assert len(ids) == cots[pid]["prompt_tokens"]
+
+
+@pytest.mark.slow
 @pytest.mark.parametrize("scorer", ["default", "custom"])
 def test_verl_rewards_equal_our_labels(verl_scores, scorer):
     """verl's default dispatch (its MATH scorer: the last box) and our scorer through

@@ -45,10 +45,15 @@ def reward_config(custom: bool, python: str):
     )
 
 
+def prompt_ids(tokenizer, row: dict) -> list[int]:
+    """The prompt as verl's rollout tokenises a row's ``raw_prompt``."""
+    prompt = tokenizer.apply_chat_template(row["raw_prompt"], add_generation_prompt=True, tokenize=True)
+    return list(prompt["input_ids"] if hasattr(prompt, "keys") else prompt)  # a BatchEncoding or a list
+
+
 def item(tokenizer, row: dict, text: str) -> DataProto:
     """One (prompt, response) as verl's rollout hands it to the reward manager."""
-    prompt = tokenizer.apply_chat_template(row["raw_prompt"], add_generation_prompt=True, tokenize=True)
-    prompt = list(prompt["input_ids"] if hasattr(prompt, "keys") else prompt)  # a BatchEncoding or a list
+    prompt = prompt_ids(tokenizer, row)
     response = tokenizer(text + tokenizer.eos_token, add_special_tokens=False)["input_ids"]
     ids = torch.tensor([prompt + response])
     return DataProto.from_dict(
@@ -84,6 +89,7 @@ def main(grpo_dir: str, model_dir: str, out: str, verify_python: str) -> None:
         "sources": sorted({r["extra_info"]["source"] for r in rows}),
         "problem_ids": [r["problem_id"] for r in rows],
         "rollout_rewards": [list(r["rollout_rewards"]) for r in rows],
+        "prompt_ids": [prompt_ids(tokenizer, r) for r in rows],
     }
     for name, custom in (("default", False), ("custom", True)):
         manager = load_reward_manager(reward_config(custom, verify_python), tokenizer)
