@@ -3,13 +3,16 @@
 raw:      the engine alone, with the same prompt token ids and sampling (vLLM: ``LLM.generate``
           with the SamplingParams our engine builds; hf: ``model.generate`` batches as our engine
           issues them);
-pipeline: what one shard task does: render and tokenise the prompts, generate, verify, score both
-          ExPO properties (a teacher-forced pass per text), write the Parquet shard.
+pipeline: what one shard task does: render and tokenise the prompts, generate, score both ExPO
+          properties (at most one teacher-forced pass per text; a CoT's nll_mean comes from its own
+          generation), verify, write the Parquet shard.
 
     python bench/overhead.py [--model data/tiny-model] [--engine vllm|hf] [--problems 64] [--shards 4]
 
-Prints pipeline_time / raw_time, tokens/s and the time of each pipeline stage. Engine load, problem
-loading and a warm-up call are outside the timings.
+Prints pipeline_time / raw_time, tokens/s, the time of each pipeline stage, scoring's time over
+generation's, and what scoring computed: target positions scored over tokens generated (prompts
+excluded; expert solutions counted apart) and passes per text. Engine load, problem loading and a
+warm-up call are outside the timings. Run it with and without ``--no-scoring`` for both ratios.
 
 With ``--shards K`` (K > 1) the problems are cut into K shards and the pipeline runs twice: serial
 (each shard's stages one after the other) and overlapped, as the generate flow runs them (shard k is
@@ -56,6 +59,7 @@ def main() -> int:
     args = ap.parse_args()
 
     from pipeline import stages as gen
+    from pipeline.completions import build_requests
     from pipeline.config import config_from_dict
     from pipeline.engines import derive_seed, load_engine
     from pipeline.manifest import start_run
@@ -93,7 +97,7 @@ def main() -> int:
         problems = read_table(run.problems, "problems").to_pylist()
         shard_requests = []
         for plan in plans:
-            requests, _ = gen.build_requests(problems[plan.start : plan.stop], cfg, engine, template)
+            requests, _ = build_requests(problems[plan.start : plan.stop], cfg, engine, template)
             shard_requests.append((requests, derive_seed(cfg.generation.sampling.seed, plan.key)))
         n_requests = sum(len(r) for r, _ in shard_requests)
         n_texts = sum(q.sampling.n for r, _ in shard_requests for q in r)
@@ -163,6 +167,17 @@ def main() -> int:
             f"  {key[:-2]:<9} {statistics.median(sum(getattr(s.record, key) for s in run_) for run_ in stages):7.2f}s"
         )
     busy = statistics.median(sum(s.record.total_s for s in run_) for run_ in stages)
+    last = [s.record for s in stages[-1]]
+    generated = sum(r.generated_tokens or 0 for r in last)
+    if not args.no_scoring and generated:
+        score_s, generate_s = (sum(getattr(r, k) for r in last) for k in ("score_s", "generate_s"))
+        scored, expert = sum(r.scored_tokens or 0 for r in last), sum(r.scored_expert_tokens or 0 for r in last)
+        print(f"score/generate time: {score_s / generate_s:.3f}")
+        print(
+            f"scored/generated tokens: {scored / generated:.3f}  ({scored} target positions for {generated} generated "
+            f"tokens; expert solutions {expert} apart; {sum(r.score_passes or 0 for r in last) / n_texts:.2f} passes "
+            f"per text; {sum(r.answers_reused or 0 for r in last)} answer scores read from a text's own pass)"
+        )
     print(f"  render etc {p - busy:6.2f}s")
     print(f"ratio pipeline/raw: {p / r:.3f}  (goal <= 1.05 on a GPU with a real model)")
     if timelines:

@@ -110,6 +110,7 @@ def run(
 
     cfg = load_config(config, set_ or [])
     locate_model(cfg.model.path)  # what the flow checks first, before a Prefect server starts for nothing
+    cfg.check_scoring()
     check_resumable(cfg, force_new)
     console.print(
         f"[bold]expo-data run[/] {cfg.name}: model {cfg.model.path} ({cfg.model.engine}), "

@@ -138,7 +138,7 @@ class ScoringConfig(Strict):
 
     enabled: bool = Field(default=True, description="score nll_mean and answer_logprob")
     cot_answers: int | Literal["all"] = Field(
-        default=2,
+        default=1,
         description="CoTs per problem whose final answer is not the gold that get answer_logprob (a pass each), "
         "in sample order: build takes rejected sides in that order, so keep it >= build.pairs_per_problem; "
         "'all' for every CoT. Positives always get both scores",
@@ -246,6 +246,16 @@ class RunConfig(Strict):
         if self.prompts.template not in TEMPLATES:
             raise ValueError(f"prompts.template {self.prompts.template!r} unknown; known: {', '.join(TEMPLATES)}")
         return self
+
+    def check_scoring(self) -> None:
+        """Before generating (not on a rebuild, which may ask for more pairs than were scored and
+        leaves their answer_logprob null): every rejected side the build takes must be scored."""
+        answers, pairs = self.scoring.cot_answers, self.build.pairs_per_problem
+        if self.scoring.enabled and answers != "all" and answers < pairs:
+            raise ConfigError(
+                f"scoring.cot_answers ({answers}) is below build.pairs_per_problem ({pairs}): rejected sides past the "
+                f"first {answers} would have no answer_logprob; set scoring.cot_answers to {pairs} or 'all'"
+            )
 
     def fingerprint(self) -> str:
         return hashlib.sha256(json.dumps(self.model_dump(), sort_keys=True).encode()).hexdigest()[:16]

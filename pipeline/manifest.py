@@ -230,6 +230,7 @@ def start_run(cfg: RunConfig, force: bool = False) -> RunDir:
     """Create the run dir, or check that an existing one was made with a compatible config, and
     record the config before any table is written (a run killed before its end must still refuse a
     rerun with a different config)."""
+    cfg.check_scoring()
     run = RunDir(cfg.output_dir)
     previous = check_resumable(cfg, force)
     if force:

@@ -22,7 +22,8 @@ as a generated token, so nothing is computed twice:
 - a CoT was generated after the plain prompt, so its ``nll_mean`` is the mean of the raw log-probs
   generation returned for its tokens (the stop token left out): no pass at all;
 - every other text (explanations were generated after the hinted prompt, expert solutions were not
-  generated) gets one teacher-forced pass after the plain prompt;
+  generated) gets one teacher-forced pass after the plain prompt; a text without a final answer is
+  its own c', so the gold's box is scored in that same pass, right after it;
 - ``answer_logprob`` is read from those same log-probs when the text's tokens begin with c' and the
   box of the gold, i.e. the text's final answer is literally ``\\boxed{gold`` and tokenises at the
   same boundaries as the separate encoding; only other texts need the pass with the gold put in.
@@ -109,34 +110,51 @@ def literal_target(text: str, gold: str) -> bool:
 
 def score_texts(engine: Engine, items: list[ScoreInput]) -> tuple[list[Scores], ScoreCounts]:
     """Both scores for every item, from generation's log-probs where they exist and otherwise from
-    one batched ``Engine.score`` call; returns the scores and what computing them cost."""
+    batched ``Engine.score`` calls (the texts', then the answers'); returns the scores and what
+    computing them cost."""
     tok = engine.tokenizer
     limit = engine.max_model_len
     counts = ScoreCounts()
     prefixes: list[list[int]] = []
     targets: list[list[int]] = []
     slots: list[tuple[int, str]] = []  # (item index, "text" | "answer")
-    texts: dict[int, tuple[list[int], list[float] | None]] = {}  # tokens, log-probs (None: scored below)
-    reused: dict[int, tuple[int, int]] = {}  # answer_logprob = sum of the text's log-probs [a, b)
+    texts: dict[int, list[int]] = {}  # each text's tokens, where its nll_mean can be had
+    own: dict[int, list[float]] = {}  # the log-probs of the text's own pass (or generation)
+    reused: dict[int, tuple[int, int]] = {}  # answer_logprob = sum of own[i][a:b]
     for i, item in enumerate(items):
+        cut_ids, box_ids = answer_split(tok, item.text, item.gold)
+        want_box = item.answer_pass and bool(box_ids)
+        scored: list[int] = []  # the tokens whose log-probs this text gets: generated, or its pass's target
         if item.generated is not None:
-            texts[i] = item.generated
+            texts[i], own[i] = item.generated
+            scored = texts[i]
         else:
             text_ids = _encode(tok, item.text)
-            if text_ids and fits(len(item.prompt_ids) + len(text_ids), limit):
-                texts[i] = (text_ids, None)
+            # A text without a final answer is its own c': the gold's box goes right after it, in the same pass.
+            merged = (
+                want_box and text_ids == cut_ids and fits(len(item.prompt_ids) + len(text_ids) + len(box_ids), limit)
+            )
+            if text_ids and (merged or fits(len(item.prompt_ids) + len(text_ids), limit)):
+                texts[i] = text_ids
                 slots.append((i, "text"))
                 prefixes.append(item.prompt_ids)
-                targets.append(text_ids)
-        cut_ids, box_ids = answer_split(tok, item.text, item.gold)
-        ids = texts[i][0] if i in texts else []
-        if box_ids and ids[: len(cut_ids) + len(box_ids)] == cut_ids + box_ids:
+                scored = text_ids + box_ids if merged else text_ids
+                targets.append(scored)
+        if box_ids and scored[: len(cut_ids) + len(box_ids)] == cut_ids + box_ids:
             reused[i] = (len(cut_ids), len(cut_ids) + len(box_ids))
-        elif item.answer_pass and box_ids and fits(len(item.prompt_ids) + len(cut_ids) + len(box_ids), limit):
+        elif want_box and fits(len(item.prompt_ids) + len(cut_ids) + len(box_ids), limit):
             slots.append((i, "answer"))
             prefixes.append(item.prompt_ids + cut_ids)
             targets.append(box_ids)
-    logprobs = engine.score(prefixes, targets) if prefixes else []
+    # Texts first, answers in a second call: an engine with a prefix cache (vLLM) then finds a
+    # text's c' computed already when its answer is scored.
+    texts_first = [k for k, (_, what) in enumerate(slots) if what == "text"]
+    answers_next = [k for k, (_, what) in enumerate(slots) if what == "answer"]
+    logprobs: list[list[float]] = [[] for _ in slots]
+    for part in (texts_first, answers_next):
+        if part:
+            for k, lps in zip(part, engine.score([prefixes[k] for k in part], [targets[k] for k in part]), strict=True):
+                logprobs[k] = lps
     counts.passes, counts.answers_reused = len(slots), len(reused)
     for (i, _), target in zip(slots, targets, strict=True):
         if items[i].expert:
@@ -146,15 +164,16 @@ def score_texts(engine: Engine, items: list[ScoreInput]) -> tuple[list[Scores], 
     answers: dict[int, float] = {}
     for (i, what), lps in zip(slots, logprobs, strict=True):
         if what == "text":
-            texts[i] = (texts[i][0], lps)
+            own[i] = lps
         else:
             answers[i] = float(sum(lps))
     scores = []
     for i in range(len(items)):
-        lps = texts[i][1] if i in texts else None
-        if i in reused and lps:
+        n = len(texts.get(i, []))
+        lps = own.get(i, [])[:n]
+        if i in reused and i in own:
             a, b = reused[i]
-            answers[i] = float(sum(lps[a:b]))
+            answers[i] = float(sum(own[i][a:b]))
         scores.append(
             Scores(
                 nll_mean=-sum(lps) / len(lps) if lps else None,

@@ -107,3 +107,13 @@ def test_diff_configs_names_changed_keys():
     a = config_from_dict(BASE).model_dump()
     b = config_from_dict({**BASE, "generation": {"rollouts": 3}}).model_dump()
     assert diff_configs(a, b) == ["generation.rollouts"]
+
+
+def test_scoring_must_cover_every_rejected_side_build_takes():
+    from pipeline.config import config_from_dict
+
+    base = {"output_dir": "o", "model": {"path": "m"}, "problems": {"source": "p"}}
+    with pytest.raises(ConfigError, match=r"scoring.cot_answers \(1\) is below build.pairs_per_problem \(2\)"):
+        config_from_dict({**base, "build": {"pairs_per_problem": 2}}).check_scoring()
+    for scoring in ({"cot_answers": 2}, {"cot_answers": "all"}, {"enabled": False}):
+        config_from_dict({**base, "build": {"pairs_per_problem": 2}, "scoring": scoring}).check_scoring()

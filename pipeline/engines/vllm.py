@@ -152,28 +152,45 @@ class VLLMEngine:
         return [results[r.request_id] for r in requests]
 
     def score(self, prefix_ids: list[list[int]], target_ids: list[list[int]]) -> list[list[float]]:
-        """Teacher-forced log-probs through ``prompt_logprobs`` (raw model log-probs)."""
-        from vllm.inputs import TokensPrompt
+        """Teacher-forced log-probs through ``prompt_logprobs`` (raw model log-probs).
 
+        The prefix cache is read: what this shard's generation and earlier scoring calls computed
+        (a CoT's prompt and tokens, a text scored before its answer) is not computed again, and
+        ``prompt_logprobs`` covers only the positions after a hit. A hit that reaches a target
+        position (a cached block ending inside the target) leaves that position uncomputed, so
+        such a request is asked again without reading the cache."""
         check_score_inputs(prefix_ids, target_ids, self.max_model_len)
-        prompts = [TokensPrompt(prompt_token_ids=p + t) for p, t in zip(prefix_ids, target_ids, strict=True)]
-        params = self._vllm.SamplingParams(max_tokens=1, temperature=0.0, prompt_logprobs=0)
-        self._fresh_cache()
-        with engine_failure("vLLM", "scoring"):
-            outputs = self.llm.generate(prompts, params, use_tqdm=False)
+        outputs = self._prompt_logprobs([p + t for p, t in zip(prefix_ids, target_ids, strict=True)], read_cache=True)
+        stale = [
+            i for i, (p, o) in enumerate(zip(prefix_ids, outputs, strict=True)) if (o.num_cached_tokens or 0) >= len(p)
+        ]
+        if stale:
+            again = self._prompt_logprobs([prefix_ids[i] + target_ids[i] for i in stale], read_cache=False)
+            for i, o in zip(stale, again, strict=True):
+                outputs[i] = o
         scores = []
         for p, t, o in zip(prefix_ids, target_ids, outputs, strict=True):
-            row = []
-            for pos, tok in enumerate(t, start=len(p)):
-                entry = o.prompt_logprobs[pos]
-                row.append(float(entry[tok].logprob))
-            scores.append(row)
+            scores.append([float(o.prompt_logprobs[pos][tok].logprob) for pos, tok in enumerate(t, start=len(p))])
         return scores
 
+    def _prompt_logprobs(self, sequences: list[list[int]], read_cache: bool) -> list[Any]:
+        from vllm.inputs import TokensPrompt
+
+        params = self._vllm.SamplingParams(
+            max_tokens=1,
+            temperature=0.0,
+            prompt_logprobs=0,
+            skip_reading_prefix_cache=not read_cache,
+            detokenize=False,  # ids only: positions a cache hit skipped hold no real token to decode
+        )
+        with engine_failure("vLLM", "scoring"):
+            return self.llm.generate([TokensPrompt(prompt_token_ids=s) for s in sequences], params, use_tqdm=False)
+
     def _fresh_cache(self) -> None:
-        """Start each call with an empty prefix cache: prompts shared within a call still share
-        their KV blocks, but a call's numbers no longer depend on what earlier calls left behind,
-        so a shard regenerated after a crash matches the original to the last bit."""
+        """Start each generate call with an empty prefix cache: prompts shared within a call still
+        share their KV blocks, but a shard's numbers no longer depend on what earlier shards left
+        behind, so a shard regenerated after a crash matches the original to the last bit. (Scoring
+        follows its shard's generation in a fixed order and reads what it left.)"""
         self.llm.reset_prefix_cache()
 
     def close(self) -> None:
