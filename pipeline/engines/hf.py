@@ -150,7 +150,8 @@ class HFEngine:
         def on_forward(_module: Any, _args: Any, kwargs: dict[str, Any], output: Any) -> None:
             # A forward's input ends with the token sampled from the previous forward's logits.
             if pending[0] is not None:
-                sampled = kwargs["input_ids"][:, -1:].to(pending[0].device)
+                ids = kwargs["input_ids"] if kwargs.get("input_ids") is not None else _args[0]
+                sampled = ids[:, -1:].to(pending[0].device)
                 steps.append(pending[0].gather(-1, sampled).squeeze(-1).cpu())
             pending[0] = torch.log_softmax(output.logits[:, -1, :].float(), dim=-1)
 
