@@ -86,6 +86,18 @@ def test_quickstart_tables(run_fixture, request):
     for name in ("dpo", "dpo_self"):
         pairs = read_table(run.table(name), name).to_pylist()
         assert all(p["rejected_answer_logprob"] is not None and p["chosen_answer_logprob"] is not None for p in pairs)
+    # the sampling as applied, per kind, beside what the model's own file sets
+    sampling = run.read_doc().sampling
+    assert sampling["cot"] == {
+        "model_defaults": "ignore",
+        "temperature": 0.7,
+        "top_p": 1.0,
+        "top_k": 0,
+        "min_p": 0.0,
+        "repetition_penalty": 1.0,
+        "max_tokens": 160,
+    }
+    assert sampling["explanation"] == sampling["cot"] and sampling["model_generation_config"]["do_sample"] is True
     # what scoring cost, per shard: no more target positions than generated tokens
     for shard in run.read_doc().shards.values():
         assert 0 < shard.scored_tokens <= shard.generated_tokens and shard.scored_expert_tokens > 0
