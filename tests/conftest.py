@@ -30,9 +30,12 @@ TINY = DATA / "tiny-model"
 QUICKSTART = DATA / "quickstart.yaml"
 
 
-def flow_run_logs(flow_run_id) -> list[str]:
-    """The messages a flow run (and its tasks) logged to the Prefect API, once they have arrived."""
+def flow_run_logs(flow_run_id, expect: str | None = None, wait_s: float = 20.0) -> list[str]:
+    """The messages a flow run (and its tasks) logged to the Prefect API, once they have arrived:
+    with ``expect``, until a message contains it or ``wait_s`` has passed (on a busy machine the
+    API may store one batch of a run's logs after a later one)."""
     import asyncio
+    import time
 
     from prefect import get_client
     from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
@@ -45,7 +48,12 @@ def flow_run_logs(flow_run_id) -> list[str]:
             where = LogFilter(flow_run_id=LogFilterFlowRunId(any_=[flow_run_id]))
             return await client.read_logs(log_filter=where)
 
-    return [log.message for log in asyncio.run(read())]
+    deadline = time.monotonic() + wait_s
+    while True:
+        messages = [log.message for log in asyncio.run(read())]
+        if expect is None or any(expect in m for m in messages) or time.monotonic() > deadline:
+            return messages
+        time.sleep(0.5)
 
 
 def run_quickstart_cli(tmp_path: Path, problems: Path, *args: str, env: dict | None = None):

@@ -356,7 +356,7 @@ def test_each_trainer_writes_a_checkpoint_both_engines_generate_from(
     path = state.result()
     # The flow's logs hold our lines, not what libraries print: dill (under datasets' map)
     # disassembles TRL's functions through print(), ~260 lines of bytecode with log_prints on.
-    logs = flow_run_logs(state.state_details.flow_run_id)
+    logs = flow_run_logs(state.state_details.flow_run_id, expect="rows of")
     assert any("rows of" in line for line in logs), logs[:5]
     assert not [line for line in logs if re.search(r"\b(LOAD_FAST|LOAD_GLOBAL|RESUME)\b", line)]
     doc = json.loads((Path(path) / "train.json").read_text())
