@@ -14,7 +14,8 @@ from pathlib import Path
 from typing import Any
 
 from pipeline import progress
-from pipeline.config import ModelConfig, ProblemsConfig, SamplingConfig, validate
+from pipeline.config import ModelConfig, ProblemsConfig, SamplingConfig
+from pipeline.config_files import validate
 from pipeline.engines import Engine, Request, Sampling, derive_seed, get_engine
 from pipeline.errors import ConfigError
 from pipeline.problems import load_problems

@@ -21,7 +21,8 @@ from typing import Any
 
 import schemas
 from pipeline import __version__
-from pipeline.config import RunConfig, diff_configs
+from pipeline.config import RunConfig
+from pipeline.config_files import diff_configs
 from pipeline.engines import Engine
 from pipeline.errors import START_OVER, ExpoDataError, RunDirConflictError
 from pipeline.prompts import PromptTemplate, chat_template_digest, get_template, repeated_instruction

@@ -28,16 +28,8 @@ from typing import Any
 from pydantic import Field
 
 from pipeline import progress
-from pipeline.config import (
-    ConfigError,
-    ProblemsConfig,
-    RunConfig,
-    Strict,
-    diff_configs,
-    load_config,
-    load_yaml_model,
-    with_values,
-)
+from pipeline.config import ConfigError, ProblemsConfig, RunConfig, load_config
+from pipeline.config_files import Strict, diff_configs, load_yaml_model, with_values
 from pipeline.errors import START_OVER
 from pipeline.evaluate import EvalSpec
 from pipeline.store import RunDir, write_json

@@ -52,7 +52,8 @@ class Release:
 def publishable_doc(doc: RunDoc) -> dict[str, Any]:
     """run.json as it is published: local paths (the config's, a rebuild's source) reduced to their
     last part, so a public repo shows no folder of the publisher's machine."""
-    from pipeline.config import PATH_FIELDS, get_dotted, set_dotted
+    from pipeline.config import PATH_FIELDS
+    from pipeline.config_files import get_dotted, set_dotted
 
     data = doc.to_json()
 

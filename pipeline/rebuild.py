@@ -14,7 +14,8 @@ import pyarrow.parquet as pq
 import schemas
 from pipeline import __version__
 from pipeline.build import build_datasets
-from pipeline.config import BuildConfig, ConfigError, parse_override, validate
+from pipeline.config import BuildConfig, ConfigError
+from pipeline.config_files import parse_override, validate
 from pipeline.errors import RunDirError
 from pipeline.manifest import now, table_manifest
 from pipeline.sources import locate

@@ -279,7 +279,8 @@ class RunDir:
         """Config paths between their two forms: absolute in memory, and on disk relative to the run
         dir when they share a folder with it, always spelled ``.``, ``./x`` or ``../x`` (a Hub id
         never starts with a dot, so the two cannot be confused)."""
-        from pipeline.config import PATH_FIELDS, get_dotted, set_dotted
+        from pipeline.config import PATH_FIELDS
+        from pipeline.config_files import get_dotted, set_dotted
 
         root = str(self.root.resolve())
         for dotted in PATH_FIELDS:

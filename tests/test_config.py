@@ -1,7 +1,8 @@
 import pytest
 import yaml
 
-from pipeline.config import ConfigError, config_from_dict, diff_configs, load_config, parse_override
+from pipeline.config import ConfigError, config_from_dict, load_config
+from pipeline.config_files import diff_configs, parse_override
 
 from .conftest import DATA, QUICKSTART
 

@@ -13,7 +13,7 @@ from typing import Any, Literal
 
 from pydantic import Field, model_validator
 
-from pipeline.config import Strict, load_yaml_model, validate
+from pipeline.config_files import Strict, load_yaml_model, validate
 from pipeline.prompts import DEFAULT_TEMPLATE
 
 TrainKind = Literal["dpo", "sft", "grpo"]
