@@ -127,7 +127,7 @@ def repeated_instruction(tokenizer: Any, template: PromptTemplate, system: str |
     if not repeated:
         return None
     return (
-        f"the rendered prompt holds the instruction {repeated[0]!r} {rendered.count(repeated[0])} times: the system "
+        f'the rendered prompt holds the instruction "{repeated[0]}" {rendered.count(repeated[0])} times: the system '
         "prompt (the chat template's default, or prompts.system) repeats it. Set prompts.system to a text without "
         "it, or to '' for an empty system turn"
     )
