@@ -86,9 +86,8 @@ def resolve(s: SamplingConfig, model: dict[str, Any]) -> dict[str, float | int]:
     for key, default in DEFAULTS.items():
         value = getattr(s, key)
         if value is None and s.model_defaults == "apply":
-            value = model.get(key)
-            if key == "temperature" and model.get("do_sample") is False and value is None:
-                value = 0.0  # the model asks for greedy decoding
+            # do_sample: false asks for greedy decoding, whatever temperature the file also holds
+            value = 0.0 if key == "temperature" and model.get("do_sample") is False else model.get(key)
         out[key] = type(default)(default if value is None else value)
     if s.model_defaults == "apply":
         bad = _unsupported(model)

@@ -23,8 +23,10 @@ def test_ignore_takes_nothing_from_the_model_and_apply_fills_only_what_the_confi
     assert applied == {"temperature": 0.7, "top_p": 0.8, "top_k": 20, "min_p": 0.0, "repetition_penalty": 1.05}
     mine = resolve(SamplingConfig(model_defaults="apply", temperature=1.0, top_k=0), QWEN_INSTRUCT)
     assert mine == {**applied, "temperature": 1.0, "top_k": 0}
-    greedy = resolve(SamplingConfig(model_defaults="apply"), {"do_sample": False, "top_p": 0.9})
+    greedy = resolve(SamplingConfig(model_defaults="apply"), {"do_sample": False, "temperature": 0.7, "top_p": 0.9})
     assert greedy["temperature"] == 0.0 and greedy["top_p"] == 0.9
+    mine = resolve(SamplingConfig(model_defaults="apply", temperature=0.5), {"do_sample": False, "temperature": 0.7})
+    assert mine["temperature"] == 0.5
 
 
 def test_apply_refuses_what_the_engines_cannot_apply_alike():
