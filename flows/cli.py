@@ -247,6 +247,10 @@ def eval_cmd(
     limit: Annotated[int | None, typer.Option(help="first N valid problems")] = None,
     split: Annotated[str | None, typer.Option(help="Hub dataset split")] = None,
     seed: Annotated[int, typer.Option()] = 0,
+    system: Annotated[
+        str | None,
+        typer.Option(help="the system turn, as prompts.system: unset for the chat template's default, '' for none"),
+    ] = None,
     workers: Annotated[int, typer.Option(help="verifier processes")] = 2,
     out: Annotated[Path | None, typer.Option(help="also write the result (with per-problem counts) as JSON")] = None,
     verbose: Verbose = False,
@@ -259,7 +263,7 @@ def eval_cmd(
     from pipeline.verify import VerifierPool
 
     ks = tuple(k or sorted({1, samples}))
-    spec = EvalSpec(samples=samples, ks=ks, temperature=temperature, max_tokens=max_tokens, seed=seed)
+    spec = EvalSpec(samples=samples, ks=ks, temperature=temperature, max_tokens=max_tokens, seed=seed, system=system)
     model_cfg, problems_cfg = eval_inputs(model, problems, engine, max_model_len, limit, split)
     with VerifierPool(workers=workers) as pool:
         result = with_progress(lambda: evaluate(model_cfg, problems_cfg, spec, pool))

@@ -49,6 +49,7 @@ class EvalSpec:
     max_tokens: int = 1024
     seed: int = 0
     template: str = DEFAULT_TEMPLATE
+    system: str | None = None  # the system turn, as prompts.system: None leaves the chat template's default
 
     def __post_init__(self) -> None:
         if self.samples < 1:
@@ -112,7 +113,7 @@ def evaluate(
     params = spec.sampling()
     requests = []
     for p in loaded.problems:
-        ids = encode_chat(engine.tokenizer, template.messages("cot", p["question"]))
+        ids = encode_chat(engine.tokenizer, template.messages("cot", p["question"], system=spec.system))
         seed = derive_seed(params.seed, p["problem_id"], "eval")
         sampling = Sampling(n=spec.samples, max_tokens=params.max_tokens, seed=seed, **resolve_sampling(params, {}))
         requests.append(Request(p["problem_id"], ids, sampling))

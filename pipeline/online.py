@@ -49,7 +49,7 @@ class EvalSection(Strict):
     seed: int = Field(default=0, ge=0)
     allow_overlap: bool = Field(default=False, description="let eval problems also appear in the training data")
 
-    def spec(self, template: str) -> EvalSpec:
+    def spec(self, template: str, system: str | None = None) -> EvalSpec:
         return EvalSpec(
             samples=self.samples,
             ks=tuple(self.k),
@@ -58,6 +58,7 @@ class EvalSection(Strict):
             max_tokens=self.max_tokens,
             seed=self.seed,
             template=template,
+            system=system,
         )
 
 
@@ -121,7 +122,7 @@ def evaluate_policy(cfg: OnlineConfig, policy: str) -> dict[str, Any]:
     model = with_values(run.model, {"path": policy, "revision": None})
     v = run.verifier
     with VerifierPool(workers=v.workers, timeout_s=v.timeout_s, extraction=v.extraction) as pool:
-        return evaluate(model, cfg.eval.problems, cfg.eval.spec(run.prompts.template), pool)
+        return evaluate(model, cfg.eval.problems, cfg.eval.spec(run.prompts.template, run.prompts.system), pool)
 
 
 def round_train_config(cfg: OnlineConfig, r: int, run_dir: str, policy: str) -> TrainConfig:

@@ -118,6 +118,13 @@ def encode_chat(tokenizer: Any, messages: list[Message]) -> list[int]:
     return list(tokenizer.encode(render_chat(tokenizer, messages), add_special_tokens=False))
 
 
+def system_of(messages: list[Message]) -> str | None:
+    """The system turn a stored conversation (a ``prompt`` column) was generated with, or None
+    when it had none (the chat template's default then applies)."""
+    first = messages[0] if messages else None
+    return first["content"] if isinstance(first, dict) and first.get("role") == "system" else None
+
+
 def repeated_instruction(tokenizer: Any, template: PromptTemplate, system: str | None) -> str | None:
     """A warning when the rendered CoT prompt says the template's instruction twice: a chat
     template's default system prompt may carry it already (Qwen2.5-Math-Instruct's is exactly

@@ -235,7 +235,8 @@ def test_online_variant_rewrites_explanations_with_the_policy_and_keeps_verified
     """regenerate_every=1: each step the policy writes a new explanation for the batch's problems
     with the self-explanation prompt; only verified, non-leaking ones replace the stored text, and
     the term then scores those. The stored explanations are blanked, so every text the term
-    scores must be one the policy wrote during training."""
+    scores must be one the policy wrote during training. A row whose prompt carries a system turn
+    (prompts.system) gets its explanation prompt with the same system turn."""
     from pipeline.train.data import load_table
     from pipeline.train.expo_grpo import ExPGRPOTrainer
 
@@ -244,8 +245,19 @@ def test_online_variant_rewrites_explanations_with_the_policy_and_keeps_verified
     questions = dict(zip(problems["problem_id"], problems["question"], strict=True))
     golds = dict(zip(problems["problem_id"], problems["answer"], strict=True))
     used: list[str] = []
+    sampled: list[str] = []
+    system = {"role": "system", "content": "Show your work."}
+    rows = [
+        {**r, "explanation": None, "prompt": [system, *r["prompt"]] if i % 2 else r["prompt"]}
+        for i, r in enumerate(grpo.to_list())
+    ]
+    with_system = {r["problem_id"] for r in rows if r["prompt"][0]["role"] == "system"}
 
     class Recording(ExPGRPOTrainer):
+        def _sample(self, prompts):
+            sampled.extend(self.processing_class.decode(p) for p in prompts)
+            return super()._sample(prompts)
+
         def _expo_nll(self, model, inputs):
             tok = self.processing_class
             for i in range(len(inputs["expo_weight"])):
@@ -262,7 +274,7 @@ def test_online_variant_rewrites_explanations_with_the_policy_and_keeps_verified
         model=AutoModelForCausalLM.from_pretrained(tiny_model),
         reward_funcs=[VerifierReward("reward_model", pool)],
         args=_args(tmp_path, max_steps=2, max_completion_length=16),
-        train_dataset=Dataset.from_list([{**r, "explanation": None} for r in grpo.to_list()]),
+        train_dataset=Dataset.from_list(rows),
         processing_class=AutoTokenizer.from_pretrained(tiny_model),
         expo=ExpoTerm(beta=0.04, regenerate_every=1, regenerate_max_tokens=160, max_length=512),
         pool=pool,
@@ -276,6 +288,11 @@ def test_online_variant_rewrites_explanations_with_the_policy_and_keeps_verified
     verdicts = pool.verify_groups([(golds[pid], [t]) for pid, t in trainer._expo_regenerated.items()])
     assert all(v[0].verdict == "correct" for v in verdicts)
     assert used and {u.strip() for u in used} <= {t.strip() for t in trainer._expo_regenerated.values()}
+    assert len(sampled) == 4
+    for text in sampled:
+        [pid] = [pid for pid in questions if pid in trainer._expo_regen_step and questions[pid] in text]
+        assert ("<|im_start|>system\nShow your work.<|im_end|>" in text) == (pid in with_system)
+        assert "The correct final answer is" in text
 
 
 def test_the_training_config_reaches_trls_grpo_config(tiny_model, tmp_path, pool):

@@ -3,6 +3,8 @@ import pytest
 from pipeline.errors import ConfigError, ModelError
 from pipeline.prompts import EXPO_V1, INSTRUCTION, PromptTemplate, get_template, render_chat
 
+from .conftest import DATA
+
 
 def test_templates_match_method():
     q = "What is $1+1$?"
@@ -117,3 +119,38 @@ def test_a_system_prompt_that_repeats_the_instruction_is_warned_of(system_prompt
     assert repeated_instruction(math_tok, EXPO_V1, "") is None
     assert repeated_instruction(math_tok, EXPO_V1, "You are a careful mathematician.") is None
     assert repeated_instruction(_tokenizer(tiny_model), EXPO_V1, None) is None
+
+
+def test_the_system_turn_of_a_stored_prompt():
+    from pipeline.prompts import system_of
+
+    assert system_of(EXPO_V1.messages("cot", "Q")) is None
+    assert system_of(EXPO_V1.messages("cot", "Q", system="")) == ""
+    assert system_of(EXPO_V1.messages("explanation", "Q", "1", system="Be brief.")) == "Be brief."
+    assert system_of([]) is None
+
+
+def test_eval_prompts_carry_the_system_turn_it_is_given(hf_engine, pool):
+    """`expo-data eval --system` and the online loop (from the run's prompts.system) evaluate with the
+    system turn the training data was generated with."""
+    from pipeline.config import ModelConfig, ProblemsConfig
+    from pipeline.evaluate import EvalSpec, evaluate
+
+    seen = []
+
+    class Recording:  # the real engine, recording what it is asked
+        tokenizer = hf_engine.tokenizer
+        max_model_len = hf_engine.max_model_len
+
+        def generate(self, requests, call_seed=0):
+            seen.extend(requests)
+            return hf_engine.generate(requests, call_seed)
+
+    problems = ProblemsConfig(source=str(DATA / "problems" / "math.jsonl"), limit=2)
+    for system, shown in ((None, False), ("Show your work.", True)):
+        seen.clear()
+        spec = EvalSpec(samples=1, ks=(1,), max_tokens=8, system=system)
+        evaluate(ModelConfig(path=hf_engine.model_id, engine="hf"), problems, spec, pool, engine=Recording())
+        assert len(seen) == 2
+        texts = [hf_engine.tokenizer.decode(r.prompt_ids) for r in seen]
+        assert all(("<|im_start|>system\nShow your work." in t) == shown for t in texts)

@@ -20,7 +20,7 @@ import torch
 from trl import GRPOTrainer
 
 from pipeline.leaks import detect_leak
-from pipeline.prompts import encode_chat, get_template
+from pipeline.prompts import encode_chat, get_template, system_of
 from pipeline.train.config import ExpoTerm
 from pipeline.verify import VerifierPool
 
@@ -189,8 +189,15 @@ class ExPGRPOTrainer(GRPOTrainer):
         tok = self._expo_tok
         template = self._expo_template
         golds = {pid: str(row["reward_model"]["ground_truth"]) for pid, row in due.items()}
+        # The system turn the row's plain prompt was generated with (prompts.system), if any.
         prompts = [
-            encode_chat(tok, template.messages("explanation", self._expo_questions[pid], golds[pid])) for pid in due
+            encode_chat(
+                tok,
+                template.messages(
+                    "explanation", self._expo_questions[pid], golds[pid], system=system_of(row["prompt"])
+                ),
+            )
+            for pid, row in due.items()
         ]
         texts = self._sample(prompts)
         assert self._expo_pool is not None
