@@ -104,14 +104,11 @@ def run(
     _quiet_defaults(verbose)
     from flows.views import print_run_end
     from pipeline.config import load_config
-    from pipeline.manifest import check_resumable
-    from pipeline.sources import locate_model
+    from pipeline.manifest import preflight
     from pipeline.store import RunDir
 
     cfg = load_config(config, set_ or [])
-    locate_model(cfg.model.path)  # what the flow checks first, before a Prefect server starts for nothing
-    cfg.check_scoring()
-    check_resumable(cfg, force_new)
+    preflight(cfg, force_new)  # what the flow checks first, before a Prefect server starts for nothing
     console.print(
         f"[bold]expo-data run[/] {cfg.name}: model {cfg.model.path} ({cfg.model.engine}), "
         f"problems {cfg.problems.source}, G={cfg.generation.rollouts}, "

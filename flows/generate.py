@@ -19,7 +19,6 @@ from pipeline import build, manifest, report, stages, summary
 from pipeline.config import RunConfig, load_config
 from pipeline.engines import get_engine
 from pipeline.problem_table import finalize_problems
-from pipeline.sources import locate_model
 from pipeline.store import RunDir
 from pipeline.timeline import Laps, stage_timeline
 from pipeline.verify import VerifierPool, close_shared_pools, shared_pool
@@ -74,8 +73,7 @@ def run_generation(cfg: RunConfig, force_new: bool = False) -> str:
     """The whole generation of one run, inside a flow: problems, shards, build, run.json, report,
     and a publish when the config asks for one. Returns the run dir."""
     laps = Laps()
-    locate_model(cfg.model.path)  # a missing model fails before the run dir is touched
-    run = manifest.start_run(cfg, force=force_new)
+    run = manifest.start_run(cfg, force=force_new)  # checks the model before the run dir is touched
     get_run_logger().info("run %s: %s -> %s", cfg.name, cfg.problems.source, run.root)
     for warning in run.read_doc().prompts.warnings:
         get_run_logger().warning("prompts: %s", warning)

@@ -63,18 +63,14 @@ def render_prompts(doc: Any, peeks: list[TablePeek]) -> tuple[list[RenderedPromp
     """The shown samples' prompts as the model saw them, through its chat template (which may add a
     system turn the ``prompt`` column does not hold); with a note instead when the model's tokenizer
     cannot be loaded here."""
-    from pipeline.prompts import render_chat
+    from pipeline.prompts import load_tokenizer, render_chat
 
     samples = next((p for p in peeks if p.name == "samples" and p.shown), None)
     if samples is None or doc is None or doc.config is None:
         return [], None
     model = doc.config.model
     try:
-        from transformers import AutoTokenizer
-
-        tokenizer = AutoTokenizer.from_pretrained(
-            model.path, revision=model.revision, trust_remote_code=model.trust_remote_code
-        )
+        tokenizer = load_tokenizer(model.path, model.revision, model.trust_remote_code)
     except (OSError, ValueError) as e:
         return [], f"the prompts as rendered need the model's tokenizer ({model.path}): {e}"
     shown, kinds = [], set()

@@ -25,8 +25,9 @@ from pipeline.config import RunConfig
 from pipeline.config_files import diff_configs
 from pipeline.engines import Engine
 from pipeline.errors import START_OVER, ExpoDataError, RunDirConflictError
-from pipeline.prompts import PromptTemplate, chat_template_digest, get_template, repeated_instruction
+from pipeline.prompts import PromptTemplate, chat_template_digest, get_template, load_tokenizer, repeated_instruction
 from pipeline.sampling import describe as describe_sampling
+from pipeline.sources import locate_model
 from pipeline.store import RunDir, file_sha256, parquet_files, parquet_rows
 from pipeline.verify import VERIFIER_VERSION
 from pipeline.versions import dist_version, runtime_versions
@@ -146,11 +147,8 @@ def describe_prompts(cfg: RunConfig) -> PromptsInfo:
 def _prompt_warning(
     path: str, revision: str | None, trust_remote_code: bool, template: PromptTemplate, system: str | None
 ) -> str | None:
-    from transformers import AutoTokenizer
-
     try:
-        tokenizer = AutoTokenizer.from_pretrained(path, revision=revision, trust_remote_code=trust_remote_code)
-        return repeated_instruction(tokenizer, template, system)
+        return repeated_instruction(load_tokenizer(path, revision, trust_remote_code), template, system)
     except (OSError, ValueError, ExpoDataError):  # the engine stage reports an unusable tokenizer
         return None
 
@@ -227,13 +225,21 @@ def check_resumable(cfg: RunConfig, force: bool = False) -> RunDoc | None:
     return previous
 
 
+def preflight(cfg: RunConfig, force: bool = False) -> RunDoc | None:
+    """What a run checks before anything is written or started (the CLI calls it before a Prefect
+    server starts for nothing): the model exists, the scoring covers the build, and the run dir may
+    be resumed with this config. Returns the run dir's previous document, if any."""
+    locate_model(cfg.model.path)
+    cfg.check_scoring()
+    return check_resumable(cfg, force)
+
+
 def start_run(cfg: RunConfig, force: bool = False) -> RunDir:
     """Create the run dir, or check that an existing one was made with a compatible config, and
     record the config before any table is written (a run killed before its end must still refuse a
     rerun with a different config)."""
-    cfg.check_scoring()
+    previous = preflight(cfg, force)
     run = RunDir(cfg.output_dir)
-    previous = check_resumable(cfg, force)
     if force:
         run.clear()
     run.root.mkdir(parents=True, exist_ok=True)

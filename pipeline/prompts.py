@@ -102,6 +102,13 @@ def get_template(version: str) -> PromptTemplate:
         raise ConfigError(f"unknown prompt template {version!r}; known: {known}") from None
 
 
+def load_tokenizer(path: str, revision: str | None = None, trust_remote_code: bool = False) -> Any:
+    """The model's tokenizer, for rendering prompts without loading an engine."""
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(path, revision=revision, trust_remote_code=trust_remote_code)
+
+
 def render_chat(tokenizer: Any, messages: list[Message]) -> str:
     """The exact text the model is conditioned on, through the model's own chat template."""
     if not getattr(tokenizer, "chat_template", None):

@@ -6,6 +6,8 @@ import schemas
 from pipeline.errors import RunDirError
 from pipeline.store import RunDir, read_table, write_parquet
 
+from .conftest import DATA
+
 
 def _problem(i):
     return {
@@ -94,7 +96,11 @@ def test_force_new_clears_every_table_but_nothing_else(tmp_path):
     from pipeline.manifest import start_run as prepare_run_dir
 
     cfg = config_from_dict(
-        {"output_dir": str(tmp_path / "run"), "model": {"path": "m"}, "problems": {"source": "p.jsonl"}}
+        {
+            "output_dir": str(tmp_path / "run"),
+            "model": {"path": str(DATA / "tiny-model")},
+            "problems": {"source": "p.jsonl"},
+        }
     )
     run = prepare_run_dir(cfg)
     for sub in ("samples", "expert_scores", "dpo", "grpo", "report", ".sft.new"):
