@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from pipeline.prompts import EXPO_V1, encode_chat
 from pipeline.store import file_sha256
@@ -31,6 +31,7 @@ DEFAULT_TINY_MODEL_DIR = Path(__file__).resolve().parents[2] / "data" / "tiny-mo
 class TinyRecipe:
     """Everything that determines the built bytes. Changing a field changes the model."""
 
+    recipe_version: ClassVar[str] = BUILD_RECIPE_VERSION
     seed: int = 1234
     n_train: int = 64000
     vocab_size: int = 640
@@ -48,6 +49,10 @@ class TinyRecipe:
     threads: int = 2
     n_eval: int = 60
     template: str = EXPO_V1.version
+
+    def examples(self, n: int, seed: int, template: Any) -> list[tuple[list[dict[str, str]], str, str]]:
+        """The training (and held-out) examples: the recipe's problem family."""
+        return synth_examples(n, seed, template)
 
 
 def _tokenize_example(
@@ -80,8 +85,8 @@ def build_tiny_model(
     torch.set_num_threads(recipe.threads)
     torch.use_deterministic_algorithms(True)
     try:
-        examples = synth_examples(recipe.n_train, recipe.seed, template)
-        eval_examples = synth_examples(recipe.n_eval * 2, recipe.seed + 1, template)
+        examples = recipe.examples(recipe.n_train, recipe.seed, template)
+        eval_examples = recipe.examples(recipe.n_eval * 2, recipe.seed + 1, template)
         corpus = [chatml_text(m) + r + "<|im_end|>" for m, r, _ in examples[: min(len(examples), 8000)]]
         tokenizer = train_tokenizer(corpus, recipe.vocab_size)
         log(f"tokenizer: {len(tokenizer)} tokens ({time.time() - t0:.1f}s)")
@@ -100,7 +105,7 @@ def build_tiny_model(
         )
         _generation_defaults(model, tokenizer)
         info = {
-            "recipe_version": BUILD_RECIPE_VERSION,
+            "recipe_version": recipe.recipe_version,
             "recipe": asdict(recipe),
             "parameters": n_params,
             "metrics": metrics,
