@@ -263,19 +263,9 @@ def _brief(result: dict[str, Any] | None) -> dict[str, Any] | None:
 
 
 def _check_held_out(run: RunConfig, ev: EvalSection) -> None:
-    """A held-out split must be held out: refuse eval problems whose question the rounds train on."""
-    from pipeline.problems import load_problems
-    from pipeline.verify import VerifierPool
+    from pipeline.contamination import check_held_out
 
-    with VerifierPool(workers=1) as pool:
-        train_q = {p["question"] for p in load_problems(run.problems, pool.check_golds).problems}
-        eval_q = {p["question"] for p in load_problems(ev.problems, pool.check_golds).problems}
-    overlap = len(train_q & eval_q)
-    if overlap:
-        raise ConfigError(
-            f"{overlap} eval problem(s) from {ev.problems.source} also appear in the training problems "
-            f"({run.problems.source}); use a disjoint split, or set eval.allow_overlap: true"
-        )
+    check_held_out(run.problems, ev.problems, allow_key="eval.allow_overlap")
 
 
 def summary_rows(state: dict[str, Any]) -> list[dict[str, Any]]:
