@@ -1,96 +1,20 @@
 """The `expo-data` command line: argument parsing and printing; the work is in ``pipeline`` and the
-flows, the drawing in ``flows.views``.
-
-Every command runs behind one boundary (:class:`_App`): it sets up the process's logging
-(``pipeline.logs``: credentials masked in every record; a user's mistake kept off the terminal
-unless ``--verbose``), and turns an :class:`~pipeline.errors.ExpoDataError` into one printed message
-and an exit status (2 for a mistake the user can fix, 1 for work that failed); only real bugs show
-a traceback.
+flows, the drawing in ``flows.views``. The shared boundary is in ``flows.cli_app``; the training and
+evaluation commands (train, eval, online, experiment) in ``flows.cli_train``.
 """
 
 from __future__ import annotations
 
-import functools
-import os
-from collections.abc import Callable
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
 
+import flows.cli_train  # noqa: F401  (registers the training commands on the app)
+from flows.cli_app import SetOption, Verbose, _quiet_defaults, app, tiny_app
 from flows.server import ensure_api
-from flows.views import console, err_console, error, with_progress
-
-
-def _boundary(fn: Callable[..., Any]) -> Callable[..., Any]:
-    @functools.wraps(fn)
-    def command(*args: Any, **kwargs: Any) -> Any:
-        from pipeline import logs
-        from pipeline.errors import ExpoDataError
-        from pipeline.secrets import redact
-
-        logs.install(verbose=bool(kwargs.get("verbose", False)))
-        try:
-            return fn(*args, **kwargs)
-        except ExpoDataError as e:
-            error(redact(e.for_command_line()))
-            raise typer.Exit(e.exit_code) from None
-        except KeyboardInterrupt:
-            err_console.print("interrupted")
-            raise typer.Exit(130) from None
-
-    return command
-
-
-class _App(typer.Typer):
-    """A Typer app whose every command runs behind :func:`_boundary`."""
-
-    def command(self, *args: Any, **kwargs: Any) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
-        register = super().command(*args, **kwargs)
-        return lambda fn: register(_boundary(fn))
-
-
-app = _App(
-    add_completion=False, no_args_is_help=True, help="ExPO training data: generate, verify, inspect, train, evaluate."
-)
-tiny_app = _App(no_args_is_help=True, help="The tiny offline model used by tests and the quickstart.")
-app.add_typer(tiny_app, name="tiny-model")
-
-SetOption = Annotated[list[str] | None, typer.Option("--set", help="override a key: --set generation.rollouts=4")]
-Verbose = Annotated[bool, typer.Option("--verbose", "-v", help="show Prefect and engine logs")]
-
-
-# Before Prefect/vLLM are imported: no telemetry, and a temporary local Prefect server (the one
-# Prefect starts when none is configured) gets more than its default 20 s on a busy 2-core machine.
-ALWAYS = {
-    "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-    "DO_NOT_TRACK": "1",
-    "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "120",
-}
-# Without --verbose, the chatter of Prefect, vLLM, torch, transformers and datasets stays out.
-QUIET = {
-    "PREFECT_LOGGING_LEVEL": "WARNING",
-    "VLLM_LOGGING_LEVEL": "ERROR",
-    "TORCH_CPP_LOG_LEVEL": "ERROR",
-    "TRANSFORMERS_VERBOSITY": "error",
-    "HF_DATASETS_DISABLE_PROGRESS_BARS": "1",
-    "HF_HUB_DISABLE_PROGRESS_BARS": "1",
-}
-
-
-def _quiet_defaults(verbose: bool) -> None:
-    for key, value in (ALWAYS if verbose else {**ALWAYS, **QUIET}).items():
-        os.environ.setdefault(key, value)
-    if not verbose:
-        import logging
-        import warnings
-
-        logging.getLogger("torch").setLevel(logging.ERROR)
-        warnings.filterwarnings("ignore", category=FutureWarning)
-        warnings.filterwarnings("ignore", category=DeprecationWarning)
-        # TRL warns about any vLLM newer than it was tested with; its vLLM path is not ours.
-        warnings.filterwarnings("ignore", message="TRL currently supports vLLM versions")
+from flows.views import console, with_progress
 
 
 @app.command()
@@ -185,114 +109,6 @@ def report(run_dir: Annotated[Path, typer.Argument(help="a run dir written by `e
     console.print(f"report: {run.report / 'report.md'}")
 
 
-class TrainKindArg(StrEnum):
-    dpo = "dpo"
-    sft = "sft"
-    grpo = "grpo"
-
-
-@app.command("train")
-def train_cmd(
-    kind: Annotated[TrainKindArg, typer.Argument(help="dpo (ExP-DPO), sft (ExP-SFT) or grpo (ExP-GRPO)")],
-    data: Annotated[str | None, typer.Option(help="a run dir, or a Hugging Face Hub dataset repo id")] = None,
-    model: Annotated[str | None, typer.Option(help="initial policy: a model folder or a Hub model id")] = None,
-    out: Annotated[Path | None, typer.Option(help="output folder; becomes a model folder the engines load")] = None,
-    table: Annotated[
-        str | None, typer.Option(help="dpo only: dpo (default), or the baselines dpo_expert / dpo_self")
-    ] = None,
-    config: Annotated[Path | None, typer.Option(help="training config (YAML), e.g. data/train/quickstart.yaml")] = None,
-    set_: SetOption = None,
-    force_new: Annotated[bool, typer.Option("--force-new", help="retrain over a finished run in --out")] = False,
-    verbose: Verbose = False,
-) -> None:
-    """Train with TRL on a dataset this tool wrote: offline ExP-DPO, ExP-SFT or ExP-GRPO."""
-    _quiet_defaults(verbose)
-    from pipeline.train.config import load_train_config
-    from pipeline.train.run import preflight, read_manifest
-
-    out_str = str(out) if out else None
-    base = {"kind": kind.value, "data": data, "model": model, "output_dir": out_str, "table": table}
-    cfg = load_train_config(config, set_ or [], base=base)
-    preflight(cfg)
-    console.print(
-        f"[bold]expo-data train {cfg.kind}[/]: {cfg.data_table} from {cfg.data}, model {cfg.model} -> {cfg.output_dir}",
-        highlight=False,
-    )
-    from flows.train import train_flow
-
-    ensure_api()
-    config_str = str(config) if config else None
-    path = with_progress(lambda: train_flow(kind.value, data, model, out_str, config_str, set_ or [], force_new, table))
-    doc = read_manifest(path) or {}
-    console.print(
-        f"{doc['global_step']} steps on {doc['rows']} rows, train loss {doc['train_loss']:.4f}, "
-        f"{doc['seconds']:.1f}s ({doc['device']}, {doc['precision']})\ncheckpoint: [bold]{path}[/]",
-        highlight=False,
-    )
-
-
-@app.command("eval")
-def eval_cmd(
-    model: Annotated[str, typer.Option(help="a model folder (e.g. a training checkpoint) or a Hub model id")],
-    problems: Annotated[str, typer.Option(help="problem file, folder or Hub dataset (as in a run config)")],
-    engine: Annotated[str, typer.Option(help="vllm or hf")] = "vllm",
-    samples: Annotated[int, typer.Option("--samples", "-n", help="samples per problem (n)")] = 4,
-    k: Annotated[list[int] | None, typer.Option("--k", help="k of pass@k (k <= n); repeatable")] = None,
-    temperature: Annotated[float, typer.Option()] = 0.7,
-    max_tokens: Annotated[int, typer.Option()] = 1024,
-    max_model_len: Annotated[int | None, typer.Option()] = None,
-    limit: Annotated[int | None, typer.Option(help="first N valid problems")] = None,
-    split: Annotated[str | None, typer.Option(help="Hub dataset split")] = None,
-    seed: Annotated[int, typer.Option()] = 0,
-    system: Annotated[
-        str | None,
-        typer.Option(help="the system turn, as prompts.system: unset for the chat template's default, '' for none"),
-    ] = None,
-    workers: Annotated[int, typer.Option(help="verifier processes")] = 2,
-    out: Annotated[Path | None, typer.Option(help="also write the result (with per-problem counts) as JSON")] = None,
-    verbose: Verbose = False,
-) -> None:
-    """pass@k (unbiased estimator) by level of a policy on a problem set, with our verifier."""
-    _quiet_defaults(verbose)
-    from flows.views import print_eval
-    from pipeline.evaluate import EvalSpec, eval_inputs, evaluate
-    from pipeline.store import write_json
-    from pipeline.verify import VerifierPool
-
-    ks = tuple(k or sorted({1, samples}))
-    spec = EvalSpec(samples=samples, ks=ks, temperature=temperature, max_tokens=max_tokens, seed=seed, system=system)
-    model_cfg, problems_cfg = eval_inputs(model, problems, engine, max_model_len, limit, split)
-    with VerifierPool(workers=workers) as pool:
-        result = with_progress(lambda: evaluate(model_cfg, problems_cfg, spec, pool))
-    print_eval(result, f"{model} on {problems} (n={samples})")
-    if out:
-        write_json(result, out)
-        console.print(f"result: {out}")
-
-
-@app.command("online")
-def online_cmd(
-    config: Annotated[Path, typer.Argument(help="online config (YAML), e.g. data/online-quickstart.yaml")],
-    set_: SetOption = None,
-    force_new: Annotated[bool, typer.Option("--force-new", help="discard an existing loop in output_dir")] = False,
-    verbose: Verbose = False,
-) -> None:
-    """Iterative ExP-DPO: rounds of generate -> dpo -> train, resumable at round granularity."""
-    _quiet_defaults(verbose)
-    from flows.views import print_rounds
-    from pipeline.online import STATE, load_online_config
-
-    cfg = load_online_config(config, set_ or [])
-    console.print(f"[bold]expo-data online[/] {cfg.name}: {cfg.rounds} rounds -> {cfg.output_dir}", highlight=False)
-    from flows.train import online_flow
-
-    ensure_api()
-    state = with_progress(lambda: online_flow(str(config), set_ or [], force_new))
-    rows = state["summary"]
-    print_rounds(rows)
-    console.print(f"final policy: [bold]{rows[-1]['policy']}[/]\nstate: {Path(cfg.output_dir) / STATE}")
-
-
 @app.command("build")
 def build_cmd(
     source: Annotated[str, typer.Argument(help="a run dir, a published dataset folder, or a Hub dataset repo id")],
@@ -382,20 +198,34 @@ def serve_cmd(
     )
 
 
+class RecipeArg(StrEnum):
+    tiny = "tiny"
+    testbed = "testbed"
+
+
 @tiny_app.command("build")
 def tiny_build(
-    out: Annotated[Path | None, typer.Option(help="output folder (default: data/tiny-model in the repo)")] = None,
+    out: Annotated[Path | None, typer.Option(help="output folder (default: the recipe's folder in data/)")] = None,
     steps: Annotated[int | None, typer.Option(help="training steps (default: the recipe's)")] = None,
+    recipe: Annotated[
+        RecipeArg, typer.Option(help="tiny: the quickstart's model; testbed: the experiment's (and its problem files)")
+    ] = RecipeArg.tiny,
 ) -> None:
     """Rebuild the tiny model from scratch on this CPU (deterministic; a few minutes)."""
     import json
     from dataclasses import replace
 
     from pipeline.tiny import DEFAULT_TINY_MODEL_DIR, TinyRecipe, build_tiny_model
+    from pipeline.tiny.testbed import DEFAULT_TESTBED_MODEL_DIR, TestbedRecipe, write_problem_files
 
-    recipe = TinyRecipe() if steps is None else replace(TinyRecipe(), steps=steps)
-    info = build_tiny_model(out or DEFAULT_TINY_MODEL_DIR, recipe, log=lambda m: console.print(m, highlight=False))
+    chosen = TinyRecipe() if recipe == RecipeArg.tiny else TestbedRecipe()
+    chosen = chosen if steps is None else replace(chosen, steps=steps)
+    default_dir = DEFAULT_TINY_MODEL_DIR if recipe == RecipeArg.tiny else DEFAULT_TESTBED_MODEL_DIR
+    info = build_tiny_model(out or default_dir, chosen, log=lambda m: console.print(m, highlight=False))
     console.print(json.dumps(info["metrics"]))
+    if recipe == RecipeArg.testbed:
+        for path in write_problem_files((out or default_dir).parent / "problems"):
+            console.print(f"wrote {path}", highlight=False)
 
 
 def main() -> None:

@@ -224,6 +224,9 @@ class ProgressView:
     def on_online_round(self, data: dict[str, Any]) -> None:
         self.p.console.print(f"[bold]round {data['round']}[/]: {escape(str(data['step']))}", highlight=False)
 
+    def on_experiment_step(self, data: dict[str, Any]) -> None:
+        self.p.console.print(f"[bold]experiment[/]: {escape(str(data['step']))}", highlight=False)
+
     def on_train_start(self, data: dict[str, Any]) -> None:
         total = data["max_steps"] if data["max_steps"] > 0 else None
         self.tasks["train"] = self.p.add_task(f"training {data['kind']}", total=total)

@@ -254,8 +254,19 @@ def _progress_callback(kind: str, log: Callable[[str], None]) -> Any:
     return ProgressCallback()
 
 
-def train(cfg: TrainConfig, force: bool = False, log: Callable[[str], None] | None = None) -> dict[str, Any]:
-    """Train, save the model into ``cfg.output_dir`` and return the train.json contents."""
+def train(
+    cfg: TrainConfig,
+    force: bool = False,
+    log: Callable[[str], None] | None = None,
+    rows: Any = None,
+    rows_doc: dict[str, Any] | None = None,
+    callbacks: tuple[Any, ...] = (),
+) -> dict[str, Any]:
+    """Train, save the model into ``cfg.output_dir`` and return the train.json contents.
+
+    ``rows`` (a ``datasets.Dataset`` in the table's schema) replaces the rows read from ``cfg.data``,
+    for tables derived from a run (the experiment's swapped pairs); ``rows_doc`` then says in
+    train.json how they were made. ``callbacks`` are extra TrainerCallbacks."""
     log = log or (lambda _m: None)
     out = Path(cfg.output_dir)
     if is_trained(out):
@@ -267,7 +278,7 @@ def train(cfg: TrainConfig, force: bool = False, log: Callable[[str], None] | No
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.monotonic()
     use_cpu, precision = resolve_device(cfg)
-    dataset = load_table(cfg.data, cfg.data_table, cfg.data_revision)
+    dataset = rows if rows is not None else load_table(cfg.data, cfg.data_table, cfg.data_revision)
     log(f"{cfg.kind}: {dataset.num_rows} rows of {cfg.data_table!r} from {cfg.data}")
     model, tokenizer = load_policy(cfg, precision)
     pool = None
@@ -284,6 +295,8 @@ def train(cfg: TrainConfig, force: bool = False, log: Callable[[str], None] | No
 
         trainer.remove_callback(PrinterCallback)
         trainer.add_callback(_progress_callback(cfg.kind, log))
+        for callback in callbacks:
+            trainer.add_callback(callback)
         resume = any((out / TRAINER_DIR).glob("checkpoint-*")) if cfg.save_steps else False
         result = trainer.train(resume_from_checkpoint=True if resume else None)
         _save(trainer, tokenizer, cfg, out)
@@ -295,7 +308,7 @@ def train(cfg: TrainConfig, force: bool = False, log: Callable[[str], None] | No
         "expo_data_version": __version__,
         "kind": cfg.kind,
         "config": json.loads(cfg.model_dump_json()),
-        "data": describe_source(cfg.data, cfg.data_table, cfg.data_revision),
+        "data": describe_source(cfg.data, cfg.data_table, cfg.data_revision) if rows is None else rows_doc,
         "rows": dataset.num_rows,
         "initial_model": {"path": cfg.model, "revision": cfg.model_revision},
         "device": "cpu" if use_cpu else "cuda",
