@@ -29,10 +29,9 @@ from pydantic import Field
 
 from pipeline import progress
 from pipeline.config import ConfigError, ProblemsConfig, RunConfig, load_config
-from pipeline.config_files import Strict, diff_configs, load_yaml_model, with_values
-from pipeline.errors import START_OVER
+from pipeline.config_files import Strict, load_yaml_model, with_values
 from pipeline.evaluate import EvalSpec
-from pipeline.store import RunDir, write_json
+from pipeline.store import RunDir, open_state, write_json
 from pipeline.train.config import TrainConfig, train_config_from_dict
 from pipeline.train.run import read_manifest
 
@@ -162,19 +161,9 @@ class OnlineLoop:
         return json.loads(self.cfg.model_dump_json())
 
     def prepare(self, force_new: bool) -> dict[str, Any]:
-        if force_new and self.root.exists():
-            shutil.rmtree(self.root)
-        self.root.mkdir(parents=True, exist_ok=True)
-        if self.state_path.exists():
-            state = json.loads(self.state_path.read_text())
-            changed = [
-                k for k in diff_configs(state.get("config", {}), self._config_doc()) if k != "rounds"
-            ]  # more rounds extend a finished loop; anything else would mix two experiments
-            if changed:
-                raise ConfigError(
-                    f"{self.root} holds an online run with a different config (changed: {', '.join(changed)}); "
-                    f"use another output_dir, or start over there with {START_OVER}"
-                )
+        # More rounds extend a finished loop; anything else would mix two experiments.
+        state = open_state(self.state_path, self._config_doc(), "an online run", force_new, lambda k: k == "rounds")
+        if state is not None:
             state["config"] = self._config_doc()
             return state
         base = base_run_config(self.cfg)

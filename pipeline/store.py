@@ -11,7 +11,7 @@ import json
 import os
 import shutil
 import tempfile
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +20,7 @@ import pyarrow.parquet as pq
 from pydantic import ValidationError
 
 import schemas
-from pipeline.errors import START_OVER, RunDirError
+from pipeline.errors import START_OVER, ConfigError, RunDirError
 from pipeline.sources import RUN_DOC
 from schemas.run_doc import RunDoc
 
@@ -80,6 +80,31 @@ def write_json(obj: Any, path: str | Path) -> Path:
 
     atomic_write(path, write)
     return path
+
+
+def open_state(
+    state_path: Path, config: dict[str, Any], what: str, force_new: bool, extends: Callable[[str], bool]
+) -> dict[str, Any] | None:
+    """The state file of a resumable loop (the online loop, the experiment) in its folder, made fresh
+    with ``force_new``. A state made with another config is refused, naming the changed keys, unless
+    every change is one ``extends`` accepts (more rounds, more arms): resuming it would mix two
+    experiments in one folder. None when there is no state yet."""
+    root = state_path.parent
+    from pipeline.config_files import diff_configs
+
+    if force_new and root.exists():
+        shutil.rmtree(root)
+    root.mkdir(parents=True, exist_ok=True)
+    if not state_path.exists():
+        return None
+    state = json.loads(state_path.read_text())
+    changed = [k for k in diff_configs(state.get("config", {}), config) if not extends(k)]
+    if changed:
+        raise ConfigError(
+            f"{root} holds {what} with a different config (changed: {', '.join(changed)}); "
+            f"use another output_dir, or start over there with {START_OVER}"
+        )
+    return state
 
 
 def parquet_files(path: str | Path) -> list[Path]:

@@ -116,7 +116,10 @@ def prefect_harness():
         yield
 
 
-@pytest.fixture(scope="session")
+# Per test, from the process's engine cache: cheap while the engine lives, and a fresh load after a
+# flow released every engine (the online loop and the experiment do, before training), rather than a
+# closed engine handed to the next test.
+@pytest.fixture
 def hf_engine(tiny_model):
     from pipeline.config import ModelConfig
     from pipeline.engines import get_engine
@@ -124,7 +127,7 @@ def hf_engine(tiny_model):
     return get_engine(ModelConfig(path=str(tiny_model), engine="hf", max_model_len=1024), seed=0)
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture
 def vllm_engine(tiny_model):
     from pipeline.config import ModelConfig
     from pipeline.engines import get_engine

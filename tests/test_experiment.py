@@ -62,6 +62,11 @@ def test_config_names_every_arm_and_refuses_keys_it_sets(tmp_path):
     bad.write_text(json.dumps({**body, "train": {"learning_rate": 1e-4}}))
     with pytest.raises(ConfigError, match="max_steps must be set"):
         load_experiment_config(bad)
+    # An arm's own keys merge in at any depth: the rest of its section stays the shared one.
+    deep = load_experiment_config(EXPERIMENT, ["arm_train.exp_grpo={grpo: {expo: {beta: 0.2}}}"])
+    tc = deep.train_config("exp_grpo", "grpo", "grpo", ".", ".", tmp_path, 0)
+    assert tc.grpo.expo.beta == 0.2 and tc.grpo.num_generations == 4 and tc.learning_rate == 1e-4
+    assert deep.train_config("exp_dpo", "dpo", "dpo_expert", ".", ".", tmp_path, 1).table == "dpo_expert"
     assert curve_steps(40, 4) == [10, 20, 30] and curve_steps(1, 4) == []
     assert spread([0.2, 0.4, 0.3])["mean"] == 0.3 and spread([0.5])["std"] == 0.0 and spread([]) is None
 

@@ -87,13 +87,9 @@ class ExperimentConfig(Strict):
         return list(self.seeds) if arm in self.seeded_arms else self.seeds[:1]
 
     def arm_train_raw(self, arm: str) -> dict[str, Any]:
-        raw = copy.deepcopy(self.train)
-        for key, value in copy.deepcopy(self.arm_train.get(arm, {})).items():  # type: ignore[call-overload]
-            if isinstance(value, dict) and isinstance(raw.get(key), dict):
-                raw[key] = {**raw[key], **value}
-            else:
-                raw[key] = value
-        return raw
+        """``train`` with the arm's own keys merged in at any depth (``grpo.expo.beta`` alone keeps
+        the other ``grpo`` keys)."""
+        return _merge(self.train, self.arm_train.get(arm, {}))  # type: ignore[call-overload]
 
     def train_config(
         self, arm: str, kind: str, table: str, data: str, model: str, out: Path, seed: int, **extra: Any
@@ -116,6 +112,16 @@ class ExperimentConfig(Strict):
     @property
     def max_steps(self) -> int:
         return int(self.train["max_steps"])
+
+
+def _merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    out = copy.deepcopy(base)
+    for key, value in over.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _merge(out[key], value)
+        else:
+            out[key] = copy.deepcopy(value)
+    return out
 
 
 PATH_FIELDS = ("output_dir", "generate", "eval.problems.source")

@@ -27,13 +27,11 @@ from typing import Any
 
 from pipeline import progress
 from pipeline.config import RunConfig
-from pipeline.config_files import diff_configs
-from pipeline.errors import START_OVER, ConfigError
 from pipeline.evaluate import EvalSpec
 from pipeline.experiment.arms import ARMS, Arm, arm_rows, positive_scores
 from pipeline.experiment.config import ExperimentConfig, run_config
 from pipeline.experiment.summary import summarise
-from pipeline.store import RunDir, write_json
+from pipeline.store import RunDir, open_state, write_json
 from pipeline.train.config import TrainConfig
 from pipeline.train.run import read_manifest
 
@@ -87,20 +85,10 @@ class Experiment:
         return json.loads(self.cfg.model_dump_json())
 
     def prepare(self, force_new: bool) -> dict[str, Any]:
-        if force_new and self.root.exists():
-            shutil.rmtree(self.root)
-        self.root.mkdir(parents=True, exist_ok=True)
-        if self.state_path.exists():
-            state = json.loads(self.state_path.read_text())
-            # More arms or seeds, or settings of an arm not run yet, extend an experiment (an arm
-            # and seed with its eval.json is never redone); anything else would mix two of them.
-            changed = [k for k in diff_configs(state.get("config", {}), self._config_doc()) if not self._extends(k)]
-            if changed:
-                raise ConfigError(
-                    f"{self.root} holds an experiment with a different config (changed: {', '.join(changed)}); "
-                    f"use another output_dir, or start over there with {START_OVER}"
-                )
-        # Results are rebuilt from each unit's eval.json, so the state starts afresh every time.
+        # More arms or seeds, or settings of an arm not run yet, extend an experiment (an arm and
+        # seed with its eval.json is never redone). Results are rebuilt from each unit's eval.json,
+        # so the state starts afresh every time.
+        open_state(self.state_path, self._config_doc(), "an experiment", force_new, self._extends)
         return {"name": self.cfg.name, "config": self._config_doc(), "initial_model": self.run.model.path, "arms": {}}
 
     def _extends(self, key: str) -> bool:
