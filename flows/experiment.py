@@ -16,7 +16,7 @@ from flows.generate import artifact_key, generate_config_flow
 from flows.train import train_task
 from pipeline.engines import release_engines
 from pipeline.evaluate import EvalSpec
-from pipeline.experiment.config import load_experiment_config
+from pipeline.experiment.config import load_experiment_config, run_config
 from pipeline.experiment.run import Experiment, evaluate_policy
 from pipeline.experiment.summary import format_table, plot_curves, table_rows
 from pipeline.online import OnlineLoop
@@ -29,13 +29,8 @@ def eval_checkpoint_task(cfg: Any, run: Any, path: str, spec: EvalSpec, pool: An
     return result
 
 
-@task(name="train-arm", cache_policy=NO_CACHE)
-def train_arm_task(
-    tcfg: Any, rows: Any = None, rows_doc: Any = None, callbacks: tuple[Any, ...] = ()
-) -> dict[str, Any]:
-    from pipeline.train.run import train
-
-    return train(tcfg, log=get_run_logger().info, rows=rows, rows_doc=rows_doc, callbacks=callbacks)
+def _rounds_are_evaluated_by_the_experiment(policy: str, path: str) -> dict[str, Any]:
+    raise AssertionError("the online arm's loop has no eval section: the experiment evaluates each round")
 
 
 @flow(name="expo-experiment")
@@ -53,17 +48,18 @@ def experiment_flow(config_path: str, overrides: list[str] | None = None, force_
             ocfg,
             generate=generate_config_flow,
             train=lambda tcfg: train_task(tcfg),
-            evaluate=lambda policy, _path: {},
+            evaluate=_rounds_are_evaluated_by_the_experiment,
             release=release_engines,
             log=logger.info,
         )
         return loop.run()
 
-    with VerifierPool(workers=2) as pool:
+    v = run_config(cfg).verifier  # the generation run's verifier settings judge every evaluation too
+    with VerifierPool(workers=v.workers, timeout_s=v.timeout_s, extraction=v.extraction) as pool:
         exp = Experiment(
             cfg,
             generate=generate_config_flow,
-            train=train_arm_task,
+            train=lambda tcfg, **rows: train_task(tcfg, **rows),
             evaluate=lambda path, spec: eval_checkpoint_task(cfg, exp.run, path, spec, pool),
             online=online,
             release=release_engines,

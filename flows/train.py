@@ -24,9 +24,16 @@ from pipeline.train.run import train
 
 
 @task(name="train", cache_policy=NO_CACHE)
-def train_task(cfg: TrainConfig, force_new: bool = False) -> dict[str, Any]:
+def train_task(
+    cfg: TrainConfig,
+    force_new: bool = False,
+    rows: Any = None,
+    rows_doc: dict[str, Any] | None = None,
+    callbacks: tuple[Any, ...] = (),
+) -> dict[str, Any]:
+    """One training run (``rows``: a table derived in memory, see ``pipeline.train.run.train``)."""
     logger = get_run_logger()
-    return train(cfg, force=force_new, log=logger.info)
+    return train(cfg, force=force_new, log=logger.info, rows=rows, rows_doc=rows_doc, callbacks=callbacks)
 
 
 @task(name="evaluate", cache_policy=NO_CACHE)

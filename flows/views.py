@@ -227,6 +227,17 @@ class ProgressView:
     def on_experiment_step(self, data: dict[str, Any]) -> None:
         self.p.console.print(f"[bold]experiment[/]: {escape(str(data['step']))}", highlight=False)
 
+    def on_experiment_unit(self, data: dict[str, Any]) -> None:
+        """One line per finished arm and seed; its training and evaluation bars go (dozens of them
+        would otherwise stay on the terminal)."""
+        for task_id in list(self.p.task_ids):
+            self.p.remove_task(task_id)
+        self.tasks.clear()
+        passes = ", ".join(f"{k} {v:.1%}" for k, v in data["passes"].items() if v is not None)
+        what = passes or escape(str(data.get("reason") or "no score"))
+        when = "done before" if data.get("before") else f"{data.get('seconds') or 0:.0f}s"
+        self.p.console.print(f"[bold]{data['arm']}[/] seed {data['seed']}: {what} ({when})", highlight=False)
+
     def on_train_start(self, data: dict[str, Any]) -> None:
         total = data["max_steps"] if data["max_steps"] > 0 else None
         self.tasks["train"] = self.p.add_task(f"training {data['kind']}", total=total)

@@ -177,19 +177,25 @@ def test_small_arms_are_reported_not_dropped_and_a_rerun_redoes_nothing(quicksta
 
 
 @pytest.mark.slow
-def test_experiment_command_trains_exp_sft_above_base_and_swapped_dpo_not(tmp_path, prefect_harness):
+def test_experiment_command_trains_exp_sft_above_base_and_swapped_dpo_not(tmp_path):
     """The command end to end on a cut-down config (64 training problems, 48 held-out, one seed, 20
-    steps): generation, the run's tables, two TRL trainers, held-out evaluation, the table and plot."""
-    from typer.testing import CliRunner
-
-    from flows.cli import app
+    steps), as a user starts it (its own process and temporary Prefect server): generation, the run's
+    tables, two TRL trainers, held-out evaluation, the table and plot."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
 
     out = tmp_path / "exp"
     args = ["experiment", str(EXPERIMENT), "--set", f"output_dir={out}", "--set", "arms=[base, exp_sft, swapped_dpo]"]
     args += ["--set", "seeds=[0]", "--set", "generate_set=[problems.limit=64]", "--set", "eval.problems.limit=48"]
     args += ["--set", "train.max_steps=20", "--set", "curve_points=2"]
-    result = CliRunner().invoke(app, args)
-    assert result.exit_code == 0, result.output
+    env = {**os.environ, "PREFECT_HOME": str(tmp_path / "prefect"), "COLUMNS": "200"}
+    env.pop("PREFECT_API_URL", None)
+    cmd = [str(Path(sys.executable).parent / "expo-data"), *args]
+    proc = subprocess.run(cmd, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=900)
+    output = proc.stdout + proc.stderr
+    assert proc.returncode == 0, output[-3000:]
     state = json.loads((out / "experiment.json").read_text())
     arms = state["arms"]
     base, sft, swapped = (arms[a]["pass@1"]["mean"] for a in ("base", "exp_sft", "swapped_dpo"))
@@ -199,6 +205,6 @@ def test_experiment_command_trains_exp_sft_above_base_and_swapped_dpo_not(tmp_pa
     assert [p["step"] for p in arms["exp_sft"]["curve"]] == [10, 20]
     assert arms["swapped_dpo"]["positives"]["nll_mean"] is not None and arms["exp_sft"]["rows"] > 0
     assert state["heldout_problems"] == 48 and (out / "curves.png").stat().st_size > 0
-    assert "| exp_sft | 1 |" in result.output
+    assert "| exp_sft | 1 |" in output and "exp_sft seed 0: pass@1" in output
     train_doc = json.loads((out / "arms" / "swapped_dpo" / "seed-0" / "checkpoint" / "train.json").read_text())
     assert train_doc["data"]["transform"] == "swapped_dpo"

@@ -131,7 +131,6 @@ class Experiment:
         for name in self.cfg.arms:
             arm = ARMS[name]
             for seed in self.cfg.seeds_of(name):
-                progress.emit("experiment.step", step=f"{name} seed {seed}")
                 units.setdefault(name, []).append(self._unit(arm, seed, run_dir))
                 state["arms"] = summarise(self.cfg, units, run_dir)
                 self.save(state)
@@ -155,7 +154,9 @@ class Experiment:
         done = folder / "eval.json"
         if done.exists():
             self.log(f"{arm.name} seed {seed}: done before")
-            return json.loads(done.read_text())
+            unit = json.loads(done.read_text())
+            progress.emit("experiment.unit", **_brief(unit), before=True)
+            return unit
         folder.mkdir(parents=True, exist_ok=True)
         t0 = time.monotonic()
         if arm.name == "base":
@@ -168,6 +169,7 @@ class Experiment:
         unit["seconds"] = round(time.monotonic() - t0, 1)
         write_json(unit, done)
         self.log(f"{arm.name} seed {seed}: {unit.get('final', {}).get('pass') or unit.get('reason')}")
+        progress.emit("experiment.unit", **_brief(unit), before=False)
         return unit
 
     def _train_config(self, arm: Arm, seed: int, folder: Path, data: str, model: str) -> TrainConfig:
@@ -255,6 +257,18 @@ def _dataset(rows: Any) -> Any:
     from datasets.table import InMemoryTable
 
     return Dataset(InMemoryTable(rows))
+
+
+def _brief(unit: dict[str, Any]) -> dict[str, Any]:
+    """What the terminal shows of a finished arm and seed."""
+    passes = (unit.get("final") or {}).get("pass") or {}
+    return {
+        "arm": unit["arm"],
+        "seed": unit["seed"],
+        "passes": passes,
+        "reason": unit.get("reason"),
+        "seconds": unit.get("seconds"),
+    }
 
 
 def generation_stats(run_dir: RunDir) -> dict[str, Any]:
