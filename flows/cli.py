@@ -208,7 +208,10 @@ def tiny_build(
     out: Annotated[Path | None, typer.Option(help="output folder (default: the recipe's folder in data/)")] = None,
     steps: Annotated[int | None, typer.Option(help="training steps (default: the recipe's)")] = None,
     recipe: Annotated[
-        RecipeArg, typer.Option(help="tiny: the quickstart's model; testbed: the experiment's (and its problem files)")
+        RecipeArg,
+        typer.Option(
+            help="tiny: the quickstart's model; testbed: the experiment's, and its problem files in problems/ beside the model folder"
+        ),
     ] = RecipeArg.tiny,
 ) -> None:
     """Rebuild the tiny model from scratch on this CPU (deterministic; a few minutes)."""
