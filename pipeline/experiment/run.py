@@ -179,13 +179,14 @@ class Experiment:
     def _offline(self, arm: Arm, seed: int, folder: Path, run_dir: RunDir) -> dict[str, Any]:
         rows, rows_doc = arm_rows(arm, run_dir)
         unit: dict[str, Any] = {"arm": arm.name, "seed": seed, "rows": rows.num_rows, "curve": []}
-        unit["positives"] = positive_scores(arm, rows, run_dir)
+        first = seed == self.cfg.seeds[0]  # every seed trains on the same rows: score them once
+        unit["positives"] = positive_scores(arm, rows, run_dir) if first else None
         if rows.num_rows < self.cfg.min_rows:
             unit.update(trained=False, reason=f"{rows.num_rows} rows, below min_rows ({self.cfg.min_rows})")
             return unit
         tcfg = self._train_config(arm, seed, folder, str(run_dir.root), self.run.model.path)
-        track = seed == self.cfg.seeds[0]  # the curve: the first seed's, evaluated along its training
-        steps = curve_steps(tcfg.max_steps, self.cfg.curve_points) if track else []
+        # The curve: the first seed's, evaluated along its training.
+        steps = curve_steps(tcfg.max_steps, self.cfg.curve_points) if first else []
         snapshots = folder / CURVE_DIR
         manifest = read_manifest(tcfg.output_dir)
         if manifest is None:
@@ -272,20 +273,17 @@ def _brief(unit: dict[str, Any]) -> dict[str, Any]:
 
 
 def generation_stats(run_dir: RunDir) -> dict[str, Any]:
-    """How the initial model did on the training problems: the ExPO premise, measured."""
-    import pyarrow.compute as pc
+    """How the initial model did on the training problems (the ExPO premise, measured), from the
+    run's own summary in run.json."""
+    import schemas
 
-    from pipeline.store import read_table
-
-    s = read_table(run_dir.samples, "samples")
-    out: dict[str, Any] = {"problems": len(set(s["problem_id"].to_pylist()))}
-    for kind in ("cot", "explanation"):
-        k = s.filter(pc.equal(s["kind"], kind))
-        correct = pc.sum(pc.equal(k["verdict"], "correct")).as_py() or 0
-        out[f"{kind}_accuracy"] = round(correct / k.num_rows, 4) if k.num_rows else None
-        out[f"{kind}_texts"] = k.num_rows
     doc = run_dir.require_doc()
-    out["rows"] = {t: doc.rows(t) for t in ("dpo", "dpo_expert", "dpo_self", "grpo", "sft")}
+    kinds = doc.summary.by_kind if doc.summary else {}
+    out: dict[str, Any] = {"problems": kinds["cot"].problems if "cot" in kinds else None}
+    for kind in ("cot", "explanation"):
+        out[f"{kind}_accuracy"] = kinds[kind].accuracy if kind in kinds else None
+        out[f"{kind}_texts"] = kinds[kind].samples if kind in kinds else 0
+    out["rows"] = {t: doc.rows(t) for t in schemas.DATASETS}
     return out
 
 
