@@ -26,7 +26,10 @@ def train_cmd(
     model: Annotated[str | None, typer.Option(help="initial policy: a model folder or a Hub model id")] = None,
     out: Annotated[Path | None, typer.Option(help="output folder; becomes a model folder the engines load")] = None,
     table: Annotated[
-        str | None, typer.Option(help="dpo only: dpo (default), or the baselines dpo_expert / dpo_self")
+        str | None,
+        typer.Option(
+            help="dpo: dpo (default) or the baselines dpo_expert / dpo_self; grpo: grpo (default) or grpo_questa"
+        ),
     ] = None,
     config: Annotated[Path | None, typer.Option(help="training config (YAML), e.g. data/train/quickstart.yaml")] = None,
     set_: SetOption = None,

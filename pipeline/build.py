@@ -25,13 +25,12 @@ from pathlib import Path
 
 import polars as pl
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 import schemas
-from pipeline import progress
+from pipeline import conditionings, progress
 from pipeline.config import BuildConfig
 from pipeline.problem_table import ProblemIndex
-from pipeline.store import RunDir, parquet_files, rows_by_level, write_parquet
+from pipeline.store import RunDir, parquet_files, rows_by_level, scan_table, write_parquet
 from schemas.run_doc import BuildCoverage, BuildStats, HintLeaks
 
 CHOSEN_COLS = ["chosen_sample_id", "chosen_text", "chosen_nll_mean", "chosen_answer_logprob"]
@@ -62,9 +61,16 @@ def _ranked(frame: pl.LazyFrame, rule: str, name: str) -> pl.LazyFrame:
     )
 
 
+def positive(cfg: BuildConfig) -> pl.Expr:
+    """Texts of the conditioning that gives positives (``build.positives``; a partial solution's
+    curriculum is one entry with a ``name@p`` variant per fraction)."""
+    cond = pl.col("conditioning")
+    return (pl.col("kind") == "explanation") & ((cond == cfg.positives) | cond.str.starts_with(cfg.positives + "@"))
+
+
 def _candidates(samples: pl.LazyFrame, cfg: BuildConfig) -> dict[str, pl.LazyFrame]:
     leak_ok = pl.lit(True) if cfg.include_hint_leaks else ~pl.col("hint_leak").fill_null(False)
-    explanations = samples.filter((pl.col("kind") == "explanation") & (pl.col("verdict") == "correct") & leak_ok)
+    explanations = samples.filter(positive(cfg) & (pl.col("verdict") == "correct") & leak_ok)
     rejected = samples.filter((pl.col("kind") == "cot") & pl.col("verdict").is_in(cfg.rejected_verdicts))
     correct_cots = samples.filter((pl.col("kind") == "cot") & (pl.col("verdict") == "correct"))
     plain_prompt = (
@@ -170,16 +176,17 @@ def _with_own_correct(pairs: pl.LazyFrame, correct: pl.LazyFrame, cfg: BuildConf
     return _first_of_each(chosen, ["chosen_sample_id", "rejected_sample_id"]) if cfg.allow_reuse else chosen
 
 
-def _grpo(samples: pl.LazyFrame, c: dict[str, pl.LazyFrame], problems: pl.LazyFrame, cfg: BuildConfig) -> pl.LazyFrame:
+def _groups(rollouts: pl.LazyFrame, keys: list[str]) -> pl.LazyFrame:
+    """One row per group (a problem's CoTs, or a problem's texts of one conditioning): the texts in
+    sample order, their 0/1 rewards, group-normalised advantages and the pass rate."""
     reward = (pl.col("verdict") == "correct").cast(pl.Float64)
-    mean = reward.mean().over("problem_id")
-    std = reward.std(ddof=1).over("problem_id")  # as TRL's GRPOTrainer (torch.std, unbiased)
+    mean = reward.mean().over(keys)
+    std = reward.std(ddof=1).over(keys)  # as TRL's GRPOTrainer (torch.std, unbiased)
     advantage = pl.when(std.fill_null(0.0) > 0).then((reward - mean) / std).otherwise(0.0)
-    groups = (
-        samples.filter(pl.col("kind") == "cot")
-        .sort(["problem_id", "sample_index"])
+    return (
+        rollouts.sort([*keys, "sample_index"])
         .with_columns(reward.alias("_reward"), advantage.alias("_advantage"))
-        .group_by("problem_id", maintain_order=True)
+        .group_by(keys, maintain_order=True)
         .agg(
             pl.col("prompt").first(),
             pl.col("gold").first(),
@@ -189,6 +196,11 @@ def _grpo(samples: pl.LazyFrame, c: dict[str, pl.LazyFrame], problems: pl.LazyFr
             pl.col("_reward").mean().alias("pass_rate"),
         )
     )
+
+
+def _grpo_rows(
+    groups: pl.LazyFrame, c: dict[str, pl.LazyFrame], problems: pl.LazyFrame, cfg: BuildConfig
+) -> pl.LazyFrame:
     best = (
         c["explanations"]
         .filter(pl.col("e_rank") == 0)
@@ -200,8 +212,7 @@ def _grpo(samples: pl.LazyFrame, c: dict[str, pl.LazyFrame], problems: pl.LazyFr
     return (
         groups.join(info, on="problem_id", how="inner")
         .join(best, on="problem_id", how="left")
-        .select(
-            "prompt",
+        .with_columns(
             trl_solution("gold").alias("solution"),
             pl.lit(cfg.grpo_data_source).alias("data_source"),
             pl.lit("math").alias("ability"),
@@ -209,18 +220,47 @@ def _grpo(samples: pl.LazyFrame, c: dict[str, pl.LazyFrame], problems: pl.LazyFr
             pl.struct(
                 index=pl.col("_index"), problem_id=pl.col("problem_id"), level=pl.col("level"), source=pl.col("source")
             ).alias("extra_info"),
-            "problem_id",
-            "level",
-            "subject",
-            "rollouts",
-            "rollout_rewards",
-            "rollout_advantages",
-            "pass_rate",
-            "explanation",
-            "explanation_sample_id",
-            "expert_solution",
         )
     )
+
+
+def _grpo(samples: pl.LazyFrame, c: dict[str, pl.LazyFrame], problems: pl.LazyFrame, cfg: BuildConfig) -> pl.LazyFrame:
+    groups = _groups(samples.filter(pl.col("kind") == "cot"), ["problem_id"])
+    return _grpo_rows(groups, c, problems, cfg).select(schemas.GRPO.names)
+
+
+def _grpo_questa(
+    samples: pl.LazyFrame,
+    c: dict[str, pl.LazyFrame],
+    problems: pl.LazyFrame,
+    cfg: BuildConfig,
+    fractions: dict[str, float],
+) -> pl.LazyFrame:
+    """QuestA's rows: per problem and fraction, the augmented prompt and the texts sampled after it
+    as the group, in curriculum order (the larger fraction first)."""
+    if not fractions:
+        return pl.from_arrow(schemas.empty("grpo_questa")).lazy()
+    texts = samples.filter((pl.col("kind") == "explanation") & pl.col("conditioning").is_in(list(fractions)))
+    groups = _groups(texts, ["problem_id", "conditioning"])
+    cuts = []
+    for p in problems.select("problem_id", "expert_solution", "answer").collect().iter_rows(named=True):
+        for label, frac in fractions.items():
+            cut = conditionings.cut_solution(p["expert_solution"] or "", frac, p["answer"])
+            if cut is not None:
+                cuts.append((p["problem_id"], label, cut.text, frac, cut.shown))
+    shown = pl.LazyFrame(
+        cuts,
+        schema={
+            "problem_id": pl.String,
+            "conditioning": pl.String,
+            "prompt_augmentation": pl.String,
+            "augmentation_p": pl.Float64,
+            "augmentation_shown": pl.Float64,
+        },
+        orient="row",
+    )
+    rows = _grpo_rows(groups.join(shown, on=["problem_id", "conditioning"], how="inner"), c, problems, cfg)
+    return rows.sort(["_index", "augmentation_p"], descending=[False, True]).select(schemas.GRPO_QUESTA.names)
 
 
 def _sft(c: dict[str, pl.LazyFrame]) -> pl.LazyFrame:
@@ -253,12 +293,22 @@ def _to_arrow(frame: pl.LazyFrame, name: str) -> pa.Table:
     return table.select(target.names).cast(target)
 
 
+def questa_fractions(run: RunDir) -> dict[str, float]:
+    """The partial-solution variants of the run (``conditioning`` value -> fraction), from the
+    config run.json records."""
+    doc = run.read_doc()
+    if doc is None or doc.config is None:
+        return {}
+    return {v.label: v.p for v in conditionings.variants(doc.config) if v.kind == "partial_solution" and v.p}
+
+
 def build_datasets(run: RunDir, cfg: BuildConfig) -> BuildStats:
     """Rebuild every training set from the samples shards; returns counts for run.json and report.
 
     One shard at a time: its samples are scanned lazily, and only the problems it names are read,
     so peak memory follows the shard size, not the run's."""
     index = ProblemIndex(run.problems)
+    fractions = questa_fractions(run)
     staging = {name: run.root / f".{name}.new" for name in schemas.DATASETS}
     for path in staging.values():
         shutil.rmtree(path, ignore_errors=True)
@@ -269,8 +319,7 @@ def build_datasets(run: RunDir, cfg: BuildConfig) -> BuildStats:
     progress.emit("build.start", shards=len(shards))
     for shard_file in shards:
         progress.emit("build.shard", shard=shard_file.name)
-        schemas.check(pq.read_schema(shard_file), "samples", where=str(shard_file))
-        samples = pl.scan_parquet(shard_file)
+        samples = scan_table([shard_file], "samples")
         problems = index.for_ids(samples.select("problem_id").collect()["problem_id"])
         c = _candidates(samples, cfg)
         pairs = _pairs(c, cfg)
@@ -283,7 +332,10 @@ def build_datasets(run: RunDir, cfg: BuildConfig) -> BuildStats:
         }
         for name, frame in frames.items():
             keys = ("pair_index",) if name.startswith("dpo") else ("rank",) if name == "sft" else ()
-            table = _to_arrow(_in_problem_order(frame, problems, *keys), name)
+            frames[name] = _in_problem_order(frame, problems, *keys)
+        frames["grpo_questa"] = _grpo_questa(samples, c, problems, cfg, fractions)
+        for name, frame in frames.items():
+            table = _to_arrow(frame, name)
             if table.num_rows == 0:
                 continue  # no empty parts: `datasets` refuses a folder that holds one
             write_parquet(table, staging[name] / shard_file.name.replace("shard-", "part-"))
@@ -319,12 +371,12 @@ def _swap_in(staged: Path, final: Path) -> None:
 
 def _coverage(run: RunDir, cfg: BuildConfig, n_problems: int, paired: int) -> tuple[BuildCoverage, HintLeaks]:
     """How many problems each set could not use, and why: nothing goes missing silently."""
-    samples = pl.scan_parquet([str(p) for p in parquet_files(run.samples)])
+    samples = scan_table(parquet_files(run.samples), "samples")
     c = _candidates(samples, cfg)
     with_expl = c["explanations"].select("problem_id").unique().collect().height
     with_rejected = c["rejected"].select("problem_id").unique().collect().height
     leaks = (
-        samples.filter(pl.col("kind") == "explanation")
+        samples.filter(positive(cfg))
         .select(
             pl.len().alias("explanations"),
             pl.col("hint_leak").fill_null(False).sum().alias("hint_leaks"),

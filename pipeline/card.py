@@ -117,6 +117,24 @@ def _sampling(doc: RunDoc, cfg: Any) -> dict[str, Any]:
     return shown
 
 
+def _conditionings(doc: RunDoc) -> dict[str, Any] | None:
+    """The comparison table and each conditioning's versioned insert, when the run has more than
+    ExPO's own explanation (a plain ExPO run's card stays as it was)."""
+    from pipeline.comparison import table_lines
+
+    c = doc.conditionings
+    if c is None or not c.comparison or set(c.variants) <= {"answer"}:
+        return None
+    return {
+        "table": "\n".join(table_lines(c, "all")),
+        "variants": [
+            {"label": label, "kind": v.get("kind"), "version": v.get("version"), "insert": v.get("insert", "")}
+            for label, v in c.variants.items()
+        ],
+        "positives": doc.config.build.positives if doc.config else "answer",
+    }
+
+
 def card_body(
     doc: RunDoc, repo_id: str, counts: dict[str, int], levels: dict[str, dict[str, int]], plots: list[str]
 ) -> str:
@@ -167,6 +185,7 @@ def card_body(
             {"kind": kind, "accuracy": _pct(k.accuracy), "samples": k.samples}
             for kind, k in (summary.by_kind.items() if summary else [])
         ],
+        "conditionings": _conditionings(doc),
         "plots": [{"stem": Path(p).stem, "path": p} for p in plots],
         "repo_id": repo_id,
         "default_config": default_config(counts),

@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from pipeline import conditionings
 from pipeline.config import RunConfig, SamplingConfig, ScoringConfig
 from pipeline.engines import Engine, Request, Result, Sampling, derive_seed
 from pipeline.leaks import detect_leak
@@ -24,11 +25,16 @@ from pipeline.text import storable
 
 @dataclass(frozen=True)
 class RequestMeta:
-    """Which problem and prompt an engine request stands for."""
+    """Which problem and prompt an engine request stands for. Conditioned requests (kind
+    ``explanation``) name their conditioning, the tag their sample ids carry, and the text whose
+    copy in a completion is a hint leak (the answer sentence; None where nothing is to leak)."""
 
     problem: dict[str, Any]
     kind: str  # cot | explanation
     messages: list[Message]
+    conditioning: str | None = None
+    tag: str = "cot"
+    needle: str | None = None
 
 
 @dataclass(frozen=True)
@@ -66,38 +72,171 @@ def _sampling(s: SamplingConfig, model: dict[str, Any], n: int, seed: int) -> Sa
     return Sampling(n=n, max_tokens=s.max_tokens, seed=seed, **resolve_sampling(s, model))
 
 
+def _request(
+    cfg: RunConfig,
+    engine: Engine,
+    model: dict[str, Any],
+    params: SamplingConfig,
+    n: int,
+    seed_tag: str,
+    meta: RequestMeta,
+) -> Request:
+    pid = meta.problem["problem_id"]
+    seed = derive_seed(params.seed, pid, seed_tag)
+    return Request(f"{pid}/{meta.tag}", encode_chat(engine.tokenizer, meta.messages), _sampling(params, model, n, seed))
+
+
 def build_requests(
     problems: list[dict[str, Any]], cfg: RunConfig, engine: Engine, template: PromptTemplate
 ) -> tuple[list[Request], dict[str, RequestMeta]]:
-    """Both kinds of request for every problem of a shard, for a single engine call."""
+    """The CoT requests and every conditioning's that needs nothing generated first, for one engine
+    call (``abstract_hint`` waits for its hints: :func:`hinted_requests`). A problem a conditioning
+    cannot serve (no expert solution to cut) gets no request of it."""
     gen = cfg.generation
     model = model_generation_config(cfg.model.path, cfg.model.revision)
+    system = cfg.prompts.system
     requests: list[Request] = []
     meta: dict[str, RequestMeta] = {}
+
+    def add(params: SamplingConfig, n: int, seed_tag: str, m: RequestMeta) -> None:
+        req = _request(cfg, engine, model, params, n, seed_tag, m)
+        requests.append(req)
+        meta[req.request_id] = m
+
     for p in problems:
-        wanted = [
-            ("cot", gen.rollouts, gen.sampling, None),
-            ("explanation", gen.explanations, gen.explanation_params, p["answer"]),
-        ]
-        for kind, n, params, answer in wanted:
-            if n == 0:
+        if gen.rollouts:
+            add(
+                gen.sampling,
+                gen.rollouts,
+                "cot",
+                RequestMeta(p, "cot", template.messages("cot", p["question"], system=system)),
+            )
+        for v in conditionings.variants(cfg):
+            if v.n == 0 or v.kind == "abstract_hint":
                 continue
-            messages = template.messages(kind, p["question"], answer, system=cfg.prompts.system)
-            rid = f"{p['problem_id']}/{kind}"
-            seed = derive_seed(params.seed, p["problem_id"], kind)
-            requests.append(Request(rid, encode_chat(engine.tokenizer, messages), _sampling(params, model, n, seed)))
-            meta[rid] = RequestMeta(p, kind, messages)
+            ins = v.insert(template)
+            if v.kind == "partial_solution":
+                cut = conditionings.cut_solution(p["expert_solution"] or "", v.p or 0.0, p["answer"])
+                if cut is None:
+                    continue
+                text, needle = ins.fill(partial=cut.text), None
+            elif v.kind == "none":
+                text, needle = "", None
+            else:
+                text = ins.fill(answer=p["answer"])
+                needle = text
+            m = RequestMeta(
+                p, "explanation", template.conversation(p["question"], text, system), v.label, v.sample_tag, needle
+            )
+            # ExPO's own explanation keeps the seed it had before conditionings existed.
+            add(gen.explanation_params, v.n, "explanation" if v.is_default else v.label, m)
     return requests, meta
 
 
-def leak_flags(gen: Generated, template: PromptTemplate) -> list[list[tuple[bool | None, str | None]]]:
-    """Hint-leak flags of every explanation (None for CoTs, which saw no hint)."""
+@dataclass(frozen=True)
+class HintMeta:
+    problem: dict[str, Any]
+    label: str
+    messages: list[Message]
+
+
+def hint_requests(
+    problems: list[dict[str, Any]], cfg: RunConfig, engine: Engine, template: PromptTemplate
+) -> tuple[list[Request], dict[str, HintMeta]]:
+    """NuRL's first request, per problem and ``abstract_hint`` variant: question and gold in, one hint out."""
+    model = model_generation_config(cfg.model.path, cfg.model.revision)
+    params = cfg.generation.explanation_params
+    requests: list[Request] = []
+    meta: dict[str, HintMeta] = {}
+    for v in conditionings.variants(cfg):
+        if v.kind != "abstract_hint" or v.n == 0:
+            continue
+        hint_params = params.model_copy(update={"max_tokens": v.config.hint_max_tokens})
+        for p in problems:
+            msgs = conditionings.hint_request(template, p["question"], p["answer"], cfg.prompts.system)
+            seed = derive_seed(params.seed, p["problem_id"], v.label, "hint")
+            rid = f"{p['problem_id']}/{v.label}/hint"
+            requests.append(Request(rid, encode_chat(engine.tokenizer, msgs), _sampling(hint_params, model, 1, seed)))
+            meta[rid] = HintMeta(p, v.label, msgs)
+    return requests, meta
+
+
+def hint_rows(
+    requests: list[Request], meta: dict[str, HintMeta], results: list[Result], engine_name: str, model: str
+) -> list[dict[str, Any]]:
+    """The ``hints`` rows of a shard: every hint written, usable or not, with the reason it is not."""
+    rows = []
+    for req, res in zip(requests, results, strict=True):
+        m = meta[req.request_id]
+        c = res.completions[0] if res.error is None and res.completions else None
+        raw, problem = storable(c.text) if c is not None else ("", None)
+        hint = conditionings.extract_hint(raw)
+        if c is None:
+            reason = f"engine: {res.error}"
+        elif problem is not None:
+            reason = f"completion: {problem}"
+        else:
+            reason = conditionings.hint_problem(hint, m.problem["answer"], m.problem["question"], c.finish_reason)
+        rows.append(
+            {
+                "problem_id": m.problem["problem_id"],
+                "conditioning": m.label,
+                "hint_index": 0,
+                "hint": hint,
+                "usable": reason is None,
+                "reject_reason": reason,
+                "level": m.problem["level"],
+                "subject": m.problem["subject"],
+                "gold": m.problem["answer"],
+                "prompt": m.messages,
+                "completion": raw,
+                "finish_reason": c.finish_reason if c is not None else "error",
+                "completion_tokens": len(c.token_ids) if c is not None else 0,
+                "model": model,
+                "engine": engine_name,
+                "template_version": conditionings.HINT_REQUEST.version,
+                "seed": req.sampling.seed,
+            }
+        )
+    return rows
+
+
+def hinted_requests(
+    problems: list[dict[str, Any]],
+    hints: list[dict[str, Any]],
+    cfg: RunConfig,
+    engine: Engine,
+    template: PromptTemplate,
+) -> tuple[list[Request], dict[str, RequestMeta]]:
+    """NuRL's second request: the plain prompt with the problem's usable hint in the slot."""
+    model = model_generation_config(cfg.model.path, cfg.model.revision)
+    usable = {(h["problem_id"], h["conditioning"]): h["hint"] for h in hints if h["usable"]}
+    requests: list[Request] = []
+    meta: dict[str, RequestMeta] = {}
+    for v in conditionings.variants(cfg):
+        if v.kind != "abstract_hint" or v.n == 0:
+            continue
+        for p in problems:
+            hint = usable.get((p["problem_id"], v.label))
+            if hint is None:
+                continue
+            msgs = template.conversation(p["question"], v.insert(template).fill(hint=hint), cfg.prompts.system)
+            m = RequestMeta(p, "explanation", msgs, v.label, v.sample_tag, None)
+            req = _request(cfg, engine, model, cfg.generation.explanation_params, v.n, v.label, m)
+            requests.append(req)
+            meta[req.request_id] = m
+    return requests, meta
+
+
+def leak_flags(gen: Generated) -> list[list[tuple[bool | None, str | None]]]:
+    """Hint-leak flags of every conditioned text (None for CoTs, which saw no hint): the shown
+    answer sentence copied, or any pattern of the leak detector."""
     flags = []
     for _, res, m in gen.pairs():
         row: list[tuple[bool | None, str | None]] = []
         for c in res.completions:
             if m.kind == "explanation":
-                leak = detect_leak(c.text, template.hint(m.problem["answer"]), m.problem["question"])
+                leak = detect_leak(c.text, m.needle, m.problem["question"])
                 row.append((leak is not None, leak.reason if leak else None))
             else:
                 row.append((None, None))
@@ -164,7 +303,7 @@ def sample_rows(cfg: RunConfig, index: int, gen: Generated, extras: list[list[Ex
             problem = f"completion: {problem}" if c is not None and problem else problem
             rows.append(
                 {
-                    "sample_id": f"{m.problem['problem_id']}/{m.kind}/{i}",
+                    "sample_id": f"{m.problem['problem_id']}/{m.tag}/{i}",
                     "problem_id": m.problem["problem_id"],
                     "shard": index,
                     "kind": m.kind,
@@ -193,6 +332,7 @@ def sample_rows(cfg: RunConfig, index: int, gen: Generated, extras: list[list[Ex
                     "engine": engine_name,
                     "template_version": version,
                     "seed": req.sampling.seed,
+                    "conditioning": m.conditioning,
                 }
             )
     return rows

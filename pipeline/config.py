@@ -100,6 +100,50 @@ class GenerationConfig(Strict):
         return self.explanation_sampling or self.sampling
 
 
+ConditioningKind = Literal["answer", "partial_solution", "abstract_hint", "star", "none"]
+
+
+class ConditioningConfig(Strict):
+    """One conditioning of the explanation-like requests (pipeline/conditionings.py): what the
+    request sees besides the plain prompt. Its texts keep the sample kind ``explanation``; the
+    ``conditioning`` column names the entry (with ``@p`` for each fraction of a partial solution)."""
+
+    kind: ConditioningKind
+    name: str | None = Field(
+        default=None, pattern=r"^[a-z][a-z0-9_]*$", description="the column value; defaults to the kind"
+    )
+    n: int | None = Field(default=None, ge=0, description="texts per problem; default generation.explanations")
+    p: float | list[float] | None = Field(
+        default=None,
+        description="partial_solution: the fraction of the expert solution shown (0.5), or a curriculum [0.5, 0.25]",
+    )
+    hint_max_tokens: int = Field(
+        default=160, gt=0, description="abstract_hint: tokens of the request that writes the hint"
+    )
+
+    @model_validator(mode="after")
+    def _params_fit_kind(self) -> ConditioningConfig:
+        if self.kind == "partial_solution":
+            ps = self.fractions
+            if not ps or any(not 0 < p < 1 for p in ps) or len(set(ps)) != len(ps):
+                raise ValueError("partial_solution: p must be a fraction in (0, 1), or a list of distinct ones")
+        elif self.p is not None:
+            raise ValueError(f"p applies to partial_solution only, not {self.kind}")
+        return self
+
+    @property
+    def label(self) -> str:
+        return self.name or self.kind
+
+    @property
+    def fractions(self) -> list[float]:
+        if self.kind != "partial_solution":
+            return []
+        if self.p is None:
+            return [0.5]
+        return list(self.p) if isinstance(self.p, list) else [self.p]
+
+
 class PromptsConfig(Strict):
     template: str = DEFAULT_TEMPLATE
     system: str | None = Field(
@@ -161,6 +205,12 @@ class BuildConfig(Strict):
     rejected_verdicts: list[Literal["incorrect", "no_answer", "timeout", "error"]] = Field(
         default_factory=lambda: ["incorrect", "no_answer"], min_length=1, description="which CoTs can be rejected"
     )
+    positives: str = Field(
+        default="answer",
+        min_length=1,
+        description="the conditioning whose verified texts become positives (dpo chosen, sft, grpo's "
+        "explanation): answer = ExPO's self-explanation",
+    )
     grpo_data_source: str = Field(
         default=GRPO_DATA_SOURCE,
         min_length=1,
@@ -221,6 +271,10 @@ class RunConfig(Strict):
     prompts: PromptsConfig = Field(default_factory=PromptsConfig)
     verifier: VerifierConfig = Field(default_factory=VerifierConfig)
     scoring: ScoringConfig = Field(default_factory=ScoringConfig)
+    conditionings: list[ConditioningConfig] = Field(
+        default_factory=lambda: [ConditioningConfig(kind="answer")],
+        description="what the explanation-like requests are conditioned on; ExPO's answer by default",
+    )
     build: BuildConfig = Field(default_factory=BuildConfig)
     shard_size: int = Field(default=64, ge=1, description="problems per shard task")
     retries: RetriesConfig = Field(default_factory=RetriesConfig)
@@ -236,6 +290,18 @@ class RunConfig(Strict):
 
         if self.prompts.template not in TEMPLATES:
             raise ValueError(f"prompts.template {self.prompts.template!r} unknown; known: {', '.join(TEMPLATES)}")
+        return self
+
+    @model_validator(mode="after")
+    def _conditionings(self) -> RunConfig:
+        labels = [c.label for c in self.conditionings]
+        repeated = sorted({x for x in labels if labels.count(x) > 1})
+        if repeated:
+            raise ValueError(f"conditionings: the name(s) {', '.join(repeated)} appear twice; give each entry a name")
+        if self.build.positives not in labels:
+            raise ValueError(
+                f"build.positives {self.build.positives!r} is not one of the conditionings ({', '.join(labels)})"
+            )
         return self
 
     def check_scoring(self) -> None:

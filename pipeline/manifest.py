@@ -20,7 +20,8 @@ from pathlib import Path
 from typing import Any
 
 import schemas
-from pipeline import __version__
+from pipeline import __version__, conditionings
+from pipeline.comparison import compare_run
 from pipeline.config import RunConfig
 from pipeline.config_files import diff_configs
 from pipeline.engines import Engine
@@ -116,8 +117,13 @@ def shard_key(cfg: RunConfig, model_fp: str, template: PromptTemplate, problems:
         "config": output_config(cfg),
         "model": model_fp,
         "template": template.digest,
+        "conditionings": conditionings.digests(cfg, template),
         "code": [__version__, VERIFIER_VERSION, schemas.version(schemas.SAMPLES)],
-        "problems": [[p["problem_id"], p["question"], p["answer"], p["level"], p["subject"]] for p in problems],
+        # The expert solution is scored, and QuestA shows part of it.
+        "problems": [
+            [p["problem_id"], p["question"], p["answer"], p["level"], p["subject"], p["expert_solution"]]
+            for p in problems
+        ],
     }
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:24]
 
@@ -298,6 +304,7 @@ def finish_run(cfg: RunConfig, run: RunDir, results: RunResults) -> RunDoc:
         ),
         summary=results.summary,
         build=results.build,
+        conditionings=compare_run(run, conditionings.describe(cfg, get_template(cfg.prompts.template))),
         scoring=cfg.scoring,
         sampling=describe_sampling(cfg.generation, cfg.model.path, cfg.model.revision),
         tables=table_manifest(run),

@@ -43,24 +43,33 @@ class PromptTemplate:
     def hint(self, answer: str) -> str:
         return self.answer_sentence.replace("{answer}", answer)
 
-    def user_text(self, question: str, answer: str | None = None) -> str:
-        # Replace {hint} first: the question itself may contain the literal text "{hint}".
-        hint = "" if answer is None else self.hint(answer)
+    def user_with(self, question: str, insert: str) -> str:
+        """The user turn with ``insert`` in the hint slot: every conditioned prompt is the plain one
+        plus exactly this text (pipeline/conditionings.py)."""
+        # Fill {hint} first: the question itself may contain the literal text "{hint}".
         head, tail = self.user.split("{hint}")
-        return head.replace("{question}", question) + hint + tail.replace("{question}", question)
+        return head.replace("{question}", question) + insert + tail.replace("{question}", question)
+
+    def user_text(self, question: str, answer: str | None = None) -> str:
+        return self.user_with(question, "" if answer is None else self.hint(answer))
+
+    def conversation(self, question: str, insert: str, system: str | None = None) -> list[Message]:
+        """``system`` None gives no system turn (the chat template's default applies, e.g.
+        Qwen2.5's "You are Qwen, ..."); "" an empty one."""
+        head: list[Message] = [] if system is None else [{"role": "system", "content": system}]
+        return [*head, {"role": "user", "content": self.user_with(question, insert)}]
 
     def messages(
         self, kind: Kind, question: str, answer: str | None = None, system: str | None = None
     ) -> list[Message]:
-        """The conversation of one request. ``system`` None gives no system turn (the chat
-        template's default applies, e.g. Qwen2.5's "You are Qwen, ..."); "" an empty one."""
-        head: list[Message] = [] if system is None else [{"role": "system", "content": system}]
+        """The conversation of a CoT request, or of ExPO's explanation request (the gold answer in
+        the slot)."""
         if kind == "cot":
-            return [*head, {"role": "user", "content": self.user_text(question)}]
+            return self.conversation(question, "", system)
         if kind == "explanation":
             if answer is None:
                 raise ValueError("an explanation prompt needs the gold answer")
-            return [*head, {"role": "user", "content": self.user_text(question, answer)}]
+            return self.conversation(question, self.hint(answer), system)
         raise ValueError(f"unknown prompt kind {kind!r}")
 
     def instruction_parts(self) -> list[str]:

@@ -69,7 +69,14 @@ def build_settings(doc: RunDoc | None, overrides: list[str]) -> BuildConfig:
         if not key.startswith("build."):
             raise ConfigError(f"--set {item!r}: only build.* keys change what a rebuild makes")
         values[key.removeprefix("build.")] = value
-    return validate(BuildConfig, values, source="build settings")
+    settings = validate(BuildConfig, values, source="build settings")
+    if doc is not None and doc.config is not None:
+        entries = [c.label for c in doc.config.conditionings]
+        if settings.positives not in entries:
+            raise ConfigError(
+                f"build.positives {settings.positives!r} is not a conditioning of this run ({', '.join(entries)})"
+            )
+    return settings
 
 
 def rebuild(run: RunDir, cfg: BuildConfig) -> BuildStats:

@@ -18,11 +18,19 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 import schemas
+from pipeline.comparison import compare_run, comparison_plot, comparison_section
 from pipeline.store import RunDir, atomic_write, parquet_rows, rows_by_level
 from pipeline.summary import scan_samples, summarize, summary_table_rows
-from schemas.run_doc import RunDoc, RunSummary
+from schemas.run_doc import ConditioningsDoc, RunDoc, RunSummary
 
-PLOTS = ("accuracy_by_level.png", "nll_mean.png", "answer_logprob.png", "pairs_by_level.png", "hint_leaks.png")
+PLOTS = (
+    "accuracy_by_level.png",
+    "nll_mean.png",
+    "answer_logprob.png",
+    "pairs_by_level.png",
+    "hint_leaks.png",
+    "conditionings.png",
+)
 
 
 def _fmt(x: float | None, pct: bool = False) -> str:
@@ -109,6 +117,7 @@ class ReportData:
     leak_reasons: pl.DataFrame
     read_by: pl.DataFrame  # texts per kind and how their final answer was found
     other_policy: pl.DataFrame  # texts the other extraction policy reads otherwise: verdict -> its verdict
+    conditionings: ConditioningsDoc
 
     @property
     def explanations(self) -> int:
@@ -165,6 +174,7 @@ def gather(run: RunDir) -> ReportData:
         .len()
         .sort("kind", "verdict", "alt_verdict")
         .collect(engine="streaming"),
+        conditionings=compare_run(run),
     )
 
 
@@ -176,7 +186,8 @@ def write_report(run: RunDir) -> str:
     data = gather(run)
     out = run.report
     out.mkdir(parents=True, exist_ok=True)
-    for plot, name in zip((_plot_accuracy, _plot_nll, _plot_answer, _plot_pairs, _plot_leaks), PLOTS, strict=True):
+    plots = (_plot_accuracy, _plot_nll, _plot_answer, _plot_pairs, _plot_leaks, _plot_conditionings)
+    for plot, name in zip(plots, PLOTS, strict=True):
         _save(plot(data), out / name)
     md = _markdown(run.read_doc(), run.root.name, data)
     atomic_write(out / "report.md", lambda tmp: Path(tmp).write_text(md, encoding="utf-8"))
@@ -257,6 +268,10 @@ def _plot_leaks(data: ReportData) -> Any:
     return fig
 
 
+def _plot_conditionings(data: ReportData) -> Any:
+    return comparison_plot(data.conditionings)
+
+
 def _save(fig: Any, path: Path) -> None:
     import matplotlib.pyplot as plt
 
@@ -279,9 +294,14 @@ def _markdown(doc: RunDoc | None, fallback_name: str, data: ReportData) -> str:
             f"| {r['level']} | {_fmt(r['cot_accuracy'], True)} ({r['cot_samples']}) | "
             f"{_fmt(r['explanation_accuracy'], True)} ({r['explanation_samples']}) |"
         )
+    if len(data.conditionings.variants) > 1:
+        lines += [
+            "",
+            "Explanation: every conditioned text, whatever it was conditioned on; each conditioning apart below.",
+        ]
     lines += ["", "![accuracy by level](accuracy_by_level.png)", ""]
     lines += _properties_section(data) + _rows_section(doc, data) + _leaks_section(data)
-    lines += _extraction_section(doc, data)
+    lines += _extraction_section(doc, data) + comparison_section(data.conditionings)
     return "\n".join(lines)
 
 

@@ -20,11 +20,21 @@ import pyarrow.parquet as pq
 
 import schemas
 from pipeline import progress
-from pipeline.completions import Extra, Generated, build_requests, leak_flags, sample_rows, score_shard
+from pipeline.completions import (
+    Extra,
+    Generated,
+    build_requests,
+    hint_requests,
+    hint_rows,
+    hinted_requests,
+    leak_flags,
+    sample_rows,
+    score_shard,
+)
 from pipeline.config import RunConfig
 from pipeline.engines import Engine, derive_seed
 from pipeline.errors import RunDirError
-from pipeline.manifest import ShardOutcome, describe_engine, model_fingerprint, shard_key
+from pipeline.manifest import ShardOutcome, describe_engine, model_fingerprint, model_label, shard_key
 from pipeline.problems import ProblemSet, load_problems
 from pipeline.prompts import get_template
 from pipeline.scoring import NO_SCORES, ScoreCounts
@@ -107,11 +117,21 @@ def generate_shard(cfg: RunConfig, run: RunDir, plan: ShardPlan, engine: Engine 
     template = get_template(cfg.prompts.template)
     problems = read_table(run.problems, "problems").slice(plan.start, plan.stop - plan.start).to_pylist()
     requests, meta = build_requests(problems, cfg, engine, template)
-    progress.emit("shard.start", index=plan.index, problems=len(problems), requests=len(requests))
-    results = engine.generate(requests, call_seed=derive_seed(cfg.generation.sampling.seed, plan.key))
+    hint_reqs, hint_meta = hint_requests(problems, cfg, engine, template)
+    progress.emit("shard.start", index=plan.index, problems=len(problems), requests=len(requests) + len(hint_reqs))
+    call_seed = derive_seed(cfg.generation.sampling.seed, plan.key)
+    # One engine call for the CoTs, the conditioned requests and NuRL's hint requests; a second
+    # one only for the requests that show a hint, which needs the first call's output.
+    results = engine.generate(requests + hint_reqs, call_seed=call_seed)
+    results, hint_results = results[: len(requests)], results[len(requests) :]
+    hints = hint_rows(hint_reqs, hint_meta, hint_results, engine.name, model_label(cfg.model.path))
+    hinted, hinted_meta = hinted_requests(problems, hints, cfg, engine, template)
+    if hinted:
+        requests, meta = requests + hinted, meta | hinted_meta
+        results += engine.generate(hinted, call_seed=derive_seed(call_seed, "hinted"))
     gen = Generated(problems, requests, meta, results)
     t_gen, c_gen = time.monotonic(), stamp()
-    flags = leak_flags(gen, template)
+    flags = leak_flags(gen)
     if cfg.scoring.enabled:
         scores, expert_rows, counts = score_shard(gen, engine, template, cfg.scoring, cfg.prompts.system)
     else:
@@ -124,9 +144,11 @@ def generate_shard(cfg: RunConfig, run: RunDir, plan: ShardPlan, engine: Engine 
     t_score, c_score = time.monotonic(), stamp()
     rows = sample_rows(cfg, plan.index, gen, extras, engine.name)
     shard_meta = {SHARD_KEY_META: plan.key.encode()}
+    # Before the samples shard: that file is the done-marker, so it must come last.
     if cfg.scoring.enabled:
-        # Before the samples shard: that file is the done-marker, so it must come last.
         write_parquet(schemas.from_rows("expert_scores", expert_rows), run.expert_shard(plan.index), shard_meta)
+    if hint_reqs:
+        write_parquet(schemas.from_rows("hints", hints), run.part("hints", plan.index), shard_meta)
     record = ShardRecord(
         index=plan.index,
         key=plan.key,
@@ -136,7 +158,7 @@ def generate_shard(cfg: RunConfig, run: RunDir, plan: ShardPlan, engine: Engine 
         score_s=round(t_score - t_gen, 3),
         engine=this_worker(),
         stages={"generate": [c0, c_gen], "score": [c_gen, c_score]},
-        generated_tokens=sum(len(c.token_ids) for res in results for c in res.completions),
+        generated_tokens=sum(len(c.token_ids) for res in results + hint_results for c in res.completions),
         score_passes=counts.passes,
         scored_tokens=counts.targets,
         scored_expert_tokens=counts.expert_targets,

@@ -15,6 +15,7 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
+import polars as pl
 import pyarrow as pa
 import pyarrow.parquet as pq
 from pydantic import ValidationError
@@ -125,8 +126,29 @@ def read_table(path: str | Path, name: str) -> pa.Table:
     for f in files:
         t = pq.read_table(f)
         schemas.check(t.schema, name, where=str(f))
+        if added := schemas.upgrades(t.schema, name):
+            t = pl.from_arrow(t).with_columns(**added).to_arrow()
         tables.append(t.select(schemas.schema(name).names).cast(schemas.schema(name)))
     return pa.concat_tables(tables)
+
+
+def scan_table(files: list[Path] | list[str], name: str) -> pl.LazyFrame:
+    """A lazy scan of a table's Parquet files, each schema-checked, older versions brought up to
+    date (the columns they lack filled as ``schemas.UPGRADES`` says)."""
+    if not files:
+        return pl.from_arrow(schemas.empty(name)).lazy()
+    names = schemas.schema(name).names
+    current, frames = [], []
+    for f in files:
+        actual = pq.read_schema(f)
+        schemas.check(actual, name, where=str(f))
+        if added := schemas.upgrades(actual, name):
+            frames.append(pl.scan_parquet(f).with_columns(**added).select(names))
+        else:
+            current.append(str(f))
+    if current:  # one scan of every current file: polars plans it as one source
+        frames.insert(0, pl.scan_parquet(current).select(names))
+    return frames[0] if len(frames) == 1 else pl.concat(frames, how="vertical_relaxed")
 
 
 def parquet_rows(path: str | Path) -> int:
@@ -336,7 +358,10 @@ def table_differences(
             if pa_.exists() != pb.exists():
                 out.append(f"{name}: only in {a.root if pa_.exists() else b.root}")
             continue
-        ta, tb = (pa.concat_tables([pq.read_table(f) for f in parquet_files(p)]) for p in (pa_, pb))
+        ta, tb = (
+            pa.concat_tables([pq.read_table(f) for f in files]) if (files := parquet_files(p)) else schemas.empty(name)
+            for p in (pa_, pb)
+        )
         if ta.num_rows != tb.num_rows:
             out.append(f"{name}: {ta.num_rows} rows vs {tb.num_rows}")
             continue

@@ -10,10 +10,9 @@ from __future__ import annotations
 from typing import Any
 
 import polars as pl
-import pyarrow.parquet as pq
 
 import schemas
-from pipeline.store import RunDir, parquet_files
+from pipeline.store import RunDir, parquet_files, scan_table
 from schemas.run_doc import RunSummary
 
 
@@ -74,12 +73,7 @@ def summarize(samples: pl.DataFrame | pl.LazyFrame) -> RunSummary:
 def scan_samples(run: RunDir, columns: list[str]) -> pl.LazyFrame:
     """A lazy scan of the named columns of every samples shard (never the texts unless asked),
     each shard schema-checked first."""
-    files = [str(p) for p in parquet_files(run.samples)]
-    for f in files:
-        schemas.check(pq.read_schema(f), "samples", where=f)
-    if not files:
-        return pl.from_arrow(schemas.empty("samples").select(columns)).lazy()
-    return pl.scan_parquet(files).select(columns)
+    return scan_table(parquet_files(run.samples), "samples").select(columns)
 
 
 def summarize_run(run: RunDir) -> RunSummary:

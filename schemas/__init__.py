@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import polars as pl
 import pyarrow as pa
 
 from pipeline.errors import SchemaError
@@ -70,7 +71,7 @@ PROBLEMS_REJECTED = _schema(
 
 SAMPLES = _schema(
     "samples",
-    3,
+    4,  # 4: conditioning
     [
         pa.field("sample_id", pa.string(), nullable=False),  # problem_id/kind/index
         pa.field("problem_id", pa.string(), nullable=False),
@@ -102,8 +103,25 @@ SAMPLES = _schema(
         pa.field("engine", pa.string(), nullable=False),
         pa.field("template_version", pa.string(), nullable=False),
         pa.field("seed", pa.int64(), nullable=False),
+        # What a kind-explanation text was conditioned on (pipeline/conditionings.py): answer (ExPO),
+        # partial_solution@p (QuestA), abstract_hint (NuRL), star, none, or a config's own name;
+        # null for CoTs.
+        pa.field("conditioning", pa.string()),
     ],
 )
+
+UPGRADES: dict[str, dict[int, dict[str, pl.Expr]]] = {
+    "samples": {
+        3: {
+            "conditioning": pl.when(pl.col("kind") == "explanation")
+            .then(pl.lit("answer"))
+            .otherwise(pl.lit(None, pl.String))
+        }
+    }
+}
+"""Columns a table gained since an older version, and what they hold in a table of that version:
+readers fill them in (``store.read_table``, ``store.scan_table``), so run dirs written before still
+read and build. Table -> old version -> added column -> its value."""
 
 
 def _pair_schema(name: str) -> pa.Schema:
@@ -175,6 +193,45 @@ GRPO = _schema(
         pa.field("expert_solution", pa.string()),
     ],
 )
+
+GRPO_QUESTA = _schema(
+    "grpo_questa",
+    1,
+    [
+        # grpo's columns; the prompt is QuestA's augmented one (the plain prompt with part of the expert
+        # solution in the hint slot), which trainers read as they read grpo's (and evaluate without).
+        *GRPO,
+        pa.field("prompt_augmentation", pa.string(), nullable=False),  # the part of the solution shown
+        pa.field("augmentation_p", pa.float64(), nullable=False),  # the fraction asked for (curriculum stage)
+        pa.field("augmentation_shown", pa.float64(), nullable=False),  # the share of characters shown
+    ],
+)
+
+HINTS = _schema(
+    "hints",
+    1,
+    [
+        pa.field("problem_id", pa.string(), nullable=False),
+        pa.field("conditioning", pa.string(), nullable=False),  # the abstract_hint entry that asked for it
+        pa.field("hint_index", pa.int32(), nullable=False),
+        pa.field("hint", pa.string(), nullable=False),  # the hint as extracted from the completion
+        pa.field("usable", pa.bool_(), nullable=False),  # passed the leak checks: safe to show
+        pa.field("reject_reason", pa.string()),  # empty | truncated | boxed | states_answer | leak:<reason> | ...
+        pa.field("level", pa.int8()),
+        pa.field("subject", pa.string()),
+        pa.field("gold", pa.string(), nullable=False),
+        pa.field("prompt", MESSAGES, nullable=False),  # the request that wrote it (question and gold)
+        pa.field("completion", pa.string(), nullable=False),
+        pa.field("finish_reason", pa.string(), nullable=False),
+        pa.field("completion_tokens", pa.int32(), nullable=False),
+        pa.field("model", pa.string(), nullable=False),
+        pa.field("engine", pa.string(), nullable=False),
+        pa.field("template_version", pa.string(), nullable=False),
+        pa.field("seed", pa.int64(), nullable=False),
+    ],
+)
+"""NuRL's hints (``abstract_hint``): one per problem, written by the model from question and gold,
+leak-checked. A trainer injects the usable ones online (ExP-GRPO's ``grpo.nurl``)."""
 
 SFT = _schema(
     "sft",
@@ -251,6 +308,12 @@ _SPECS = (
     TableSpec(DPO_SELF, "baseline pairs: chosen = an own correct CoT, same rejected rows as `dpo`", dataset=True),
     TableSpec(GRPO, "one row per problem: G rollouts, rewards, advantages, verl fields, the explanation", dataset=True),
     TableSpec(SFT, "ExP-SFT: verified explanations as prompt/completion", dataset=True),
+    TableSpec(
+        GRPO_QUESTA,
+        "QuestA: grpo rows whose prompt shows part of the expert solution, one per problem and fraction",
+        dataset=True,
+    ),
+    TableSpec(HINTS, "NuRL's abstract hints, written by the model from question and gold, leak-checked"),
 )
 REGISTRY: dict[str, TableSpec] = {spec.name: spec for spec in _SPECS}
 TABLES: dict[str, pa.Schema] = {spec.name: spec.schema for spec in _SPECS}
@@ -297,7 +360,10 @@ def check(actual: pa.Schema, name: str, where: str = "") -> None:
         raise SchemaError(f"expected table {name!r}{loc}, found table {table!r}")
     got_version = version(actual)
     want_version = version(expected)
-    if got_version is not None and got_version != want_version:
+    added = UPGRADES.get(name, {}).get(got_version or -1, {})
+    if added:
+        expected = pa.schema([f for f in expected if f.name not in added], metadata=expected.metadata)
+    elif got_version is not None and got_version != want_version:
         again = (
             " (a training set: `expo-data build RUN_DIR` cuts it again from the samples)" if name in DATASETS else ""
         )
@@ -314,6 +380,11 @@ def check(actual: pa.Schema, name: str, where: str = "") -> None:
     ]
     if wrong:
         raise SchemaError(f"table {name!r}{loc} has column(s) of the wrong type: {'; '.join(wrong)}")
+
+
+def upgrades(actual: pa.Schema, name: str) -> dict[str, pl.Expr]:
+    """The columns a reader must add to a table of this (older) schema; empty when current."""
+    return UPGRADES.get(name, {}).get(version(actual) or -1, {})
 
 
 def empty(name: str) -> pa.Table:

@@ -144,6 +144,39 @@ class BuildStats(Section):
     dpo_pairs_without_candidate: dict[str, int] = Field(default_factory=dict)
 
 
+class ComparisonRow(Section):
+    """One conditioning at one level (or "all"): see pipeline/comparison.py."""
+
+    conditioning: str
+    kind: str | None = None
+    level: str
+    problems: int  # problems with at least one text of this conditioning
+    texts: int
+    accuracy: float | None
+    leak_rate: float | None
+    positives: int  # verified correct and not flagged: what a builder can train on
+    nll_mean: float | None  # mean over positives, after the plain prompt (lower = in-distribution)
+    answer_logprob: float | None  # mean over positives (higher = leads to the gold)
+    texts_per_positive: float | None  # texts and hint requests generated per positive (cost)
+    hint_requests: int = 0
+    rescued: int  # problems with no correct CoT that got a positive
+    all_wrong: int  # problems with no correct CoT
+
+
+class HintStats(Section):
+    written: int
+    usable: int
+    rejected_by_reason: dict[str, int] = Field(default_factory=dict)
+
+
+class ConditioningsDoc(Section):
+    """What each conditioning was (kind, parameters, versioned insert) and what it yielded."""
+
+    variants: dict[str, Any] = Field(default_factory=dict)
+    comparison: list[ComparisonRow] = Field(default_factory=list)
+    hints: HintStats | None = None
+
+
 class TableEntry(Section):
     rows: int
     files: dict[str, str]  # path relative to the run dir -> sha256
@@ -192,6 +225,7 @@ class RunDoc(Section):
     last_invocation: LastInvocation | None = None
     summary: RunSummary | None = None
     build: BuildStats | None = None
+    conditionings: ConditioningsDoc | None = None
     scoring: ScoringConfig | None = None
     # What requests were sampled with: per kind the effective parameters, and what the model's
     # generation_config.json set (see pipeline/sampling.py).

@@ -32,9 +32,11 @@ def _problem(pid, level=1, expert="so \\boxed{1}"):
     }
 
 
-def _sample(pid, kind, i, verdict, nll=None, leak=None, answer_lp=None, level=1):
+def _sample(pid, kind, i, verdict, nll=None, leak=None, answer_lp=None, level=1, conditioning=None):
+    if kind == "explanation":
+        conditioning = conditioning or "answer"
     return {
-        "sample_id": f"{pid}/{kind}/{i}",
+        "sample_id": f"{pid}/{kind if conditioning in (None, 'answer') else conditioning}/{i}",
         "problem_id": pid,
         "shard": 0,
         "kind": kind,
@@ -63,6 +65,7 @@ def _sample(pid, kind, i, verdict, nll=None, leak=None, answer_lp=None, level=1)
         "engine": "hf",
         "template_version": "expo-v1",
         "seed": 0,
+        "conditioning": conditioning,
     }
 
 
@@ -201,7 +204,7 @@ def test_output_follows_problem_order_across_shards(tmp_path):
     run = _run(tmp_path, [_problem("z"), _problem("a")], [shard0, shard1])
     stats = build_datasets(run, BuildConfig())
     assert [r["problem_id"] for r in _read(run, "dpo")] == ["z", "a"]
-    assert stats.rows == {"dpo": 2, "dpo_expert": 2, "dpo_self": 0, "grpo": 2, "sft": 2}
+    assert stats.rows == {"dpo": 2, "dpo_expert": 2, "dpo_self": 0, "grpo": 2, "sft": 2, "grpo_questa": 0}
     assert sorted(p.name for p in run.table("dpo").iterdir()) == ["part-00000.parquet", "part-00001.parquet"]
 
 
@@ -329,3 +332,25 @@ def test_builder_invariants(tmp_path_factory, data):
     for g in _read(run, "grpo"):
         assert len(g["rollouts"]) == len(g["rollout_rewards"]) == len(g["rollout_advantages"])
         assert abs(sum(g["rollout_advantages"])) < 1e-9
+
+
+def test_positives_come_from_the_named_conditioning_and_a_curriculum_counts_as_one(tmp_path):
+    rows = [
+        _sample("a", "cot", 0, "incorrect"),
+        _sample("a", "cot", 1, "incorrect"),
+        _sample("a", "explanation", 0, "correct", nll=0.5),
+        _sample("a", "explanation", 0, "correct", nll=0.1, conditioning="star"),
+        _sample("a", "explanation", 0, "correct", nll=0.3, conditioning="questa@0.5"),
+        _sample("a", "explanation", 0, "correct", nll=0.2, conditioning="questa@0.25"),
+        _sample("a", "explanation", 1, "correct", nll=0.0, conditioning="questa_more"),  # another entry
+    ]
+    run = _run(tmp_path, [_problem("a")], [rows])
+    build_datasets(run, BuildConfig())
+    assert [r["chosen_sample_id"] for r in _read(run, "dpo")] == ["a/explanation/0"]
+    build_datasets(run, BuildConfig(positives="star", pairs_per_problem=2))
+    assert [r["chosen_sample_id"] for r in _read(run, "dpo")] == ["a/star/0"]
+    assert [r["sample_id"] for r in _read(run, "sft")] == ["a/star/0"]
+    stats = build_datasets(run, BuildConfig(positives="questa", pairs_per_problem=2))
+    assert [r["chosen_sample_id"] for r in _read(run, "dpo")] == ["a/questa@0.25/0", "a/questa@0.5/0"]
+    assert _read(run, "grpo")[0]["explanation_sample_id"] == "a/questa@0.25/0"
+    assert stats.hint_leaks.explanations == 2  # counted over the positives' conditioning

@@ -16,7 +16,8 @@ def _load(run, name):
     return load_dataset("parquet", data_files=str(run.root / name / "*.parquet"), split="train")
 
 
-@pytest.mark.parametrize("name", ["problems", "samples", *schemas.DATASETS])
+# grpo_questa (and hints) need conditionings the quickstart does not run: tests/test_conditionings.py.
+@pytest.mark.parametrize("name", ["problems", "samples", *(n for n in schemas.DATASETS if n != "grpo_questa")])
 def test_every_table_loads_with_datasets(quickstart_run, name):
     ds = _load(quickstart_run, name)
     assert ds.num_rows > 0

@@ -104,8 +104,13 @@ def test_quickstart_tables(run_fixture, request):
     assert all((r["hint_leak"] is None) == (r["kind"] == "cot") for r in rows)
 
 
+QUICKSTART_TABLES = [
+    n for n in schemas.DATASETS if n != "grpo_questa"
+]  # QuestA's needs a partial_solution conditioning
+
+
 def test_quickstart_produces_every_table_and_the_report(vllm_run):
-    for name in ("problems", "samples", *schemas.DATASETS):
+    for name in ("problems", "samples", *QUICKSTART_TABLES):
         folder = vllm_run.root / name
         table = read_table(folder, name)
         assert table.num_rows > 0, name
@@ -126,7 +131,7 @@ def test_quickstart_produces_every_table_and_the_report(vllm_run):
     doc = json.loads(vllm_run.run_json.read_text())
     assert doc["build"]["settings"]["best_explanation"] == "lowest_nll"
     assert doc["build"]["rows"]["dpo"] == read_table(vllm_run.table("dpo"), "dpo").num_rows
-    for name in ("samples", *schemas.DATASETS):
+    for name in ("samples", *QUICKSTART_TABLES):
         files = doc["tables"][name]["files"]
         assert files and all(len(h) == 64 for h in files.values())
 
