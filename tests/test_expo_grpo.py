@@ -322,3 +322,58 @@ def test_the_training_config_reaches_trls_grpo_config(tiny_model, tmp_path, pool
     assert a.beta == 0.02 and trainer.expo.beta == 0.1 and trainer.expo.apply_to == "all_wrong"
     assert a.learning_rate == 0.001 and a.use_cpu and not a.bf16
     assert trainer.reward_func_names == ["expo_verifier"]
+
+
+def _nurl_trainer(tiny_model, tmp_path, pool, hints):
+    """Rewards scripted by problem (p1's group always wrong, p2's always right), so which groups
+    the rule must fire on is known; generation is TRL's, by the real tiny model."""
+    from datasets import Dataset
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from pipeline.train.expo_grpo import ExPGRPOTrainer
+
+    def by_problem(completions, problem_id, **_):
+        return [0.0 if pid == "p1" else 1.0 for pid in problem_id]
+
+    torch.manual_seed(0)
+    return ExPGRPOTrainer(
+        model=AutoModelForCausalLM.from_pretrained(tiny_model),
+        reward_funcs=[by_problem],
+        args=_args(tmp_path),
+        train_dataset=Dataset.from_list(_rows(2)),
+        processing_class=AutoTokenizer.from_pretrained(tiny_model),
+        expo=ExpoTerm(beta=0.0),
+        pool=pool,
+        questions=QUESTIONS,
+        hints=hints,
+    )
+
+
+def _prompts(trainer, out) -> list[str]:
+    tok = trainer.processing_class
+    return [tok.decode(ids[mask.bool()]) for ids, mask in zip(out["prompt_ids"], out["prompt_mask"], strict=True)]
+
+
+def test_nurl_regenerates_only_all_wrong_groups_with_the_hint_in_g_minus_1_prompts(tiny_model, tmp_path, pool):
+    from pipeline.conditionings import NURL
+
+    hints = {"p1": "double the number", "p2": "add it to itself"}
+    trainer = _nurl_trainer(tiny_model, tmp_path, pool, hints)
+    out = _batch(trainer, _rows(2))  # rows: p1, p1, p2, p2 (G = 2)
+    prompts = _prompts(trainer, out)
+    plain = [render_chat(trainer.processing_class, _rows(2)[k]["prompt"]) for k in (0, 0, 1, 1)]
+    hinted = render_chat(trainer.processing_class, EXPO_V1.conversation(QUESTIONS["p1"], NURL.fill(hint=hints["p1"])))
+    # p1 failed everywhere: one fresh plain rollout, G-1 = 1 after the hinted prompt, which the loss
+    # then reads (prompt_ids are what the loss conditions on); p2 had a correct rollout: untouched.
+    assert prompts == [plain[0], hinted, plain[2], plain[3]]
+    assert "Hint: double the number" in prompts[1] and "Hint:" not in prompts[2] + prompts[3]
+    assert trainer.nurl_counts == {"batches": 1, "groups": 2, "all_wrong": 1, "fired": 1, "no_hint": 0}
+    assert trainer._metrics["train"]["nurl/fired_groups"] == [1.0]
+    assert out["advantages"].shape[0] == 4
+
+
+def test_nurl_without_a_hint_for_the_failed_problem_leaves_the_batch_alone(tiny_model, tmp_path, pool):
+    trainer = _nurl_trainer(tiny_model, tmp_path, pool, {"p2": "add it to itself"})
+    out = _batch(trainer, _rows(2))
+    assert all("Hint:" not in p for p in _prompts(trainer, out))
+    assert trainer.nurl_counts == {"batches": 1, "groups": 2, "all_wrong": 1, "fired": 0, "no_hint": 1}

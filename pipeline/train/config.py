@@ -21,7 +21,7 @@ KINDS: tuple[str, ...] = ("dpo", "sft", "grpo")
 
 # The table each trainer reads by default, and the tables it may read instead.
 DEFAULT_TABLE = {"dpo": "dpo", "sft": "sft", "grpo": "grpo"}
-ALLOWED_TABLES = {"dpo": ("dpo", "dpo_expert", "dpo_self"), "sft": ("sft",), "grpo": ("grpo",)}
+ALLOWED_TABLES = {"dpo": ("dpo", "dpo_expert", "dpo_self"), "sft": ("sft",), "grpo": ("grpo", "grpo_questa")}
 
 
 class LoraConfig(Strict):
@@ -73,6 +73,16 @@ class ExpoTerm(Strict):
     max_length: int | None = Field(default=None, gt=0, description="explanation tokens kept; default max_completion")
 
 
+class NurlOption(Strict):
+    """NuRL's rule in ExP-GRPO: when all G rollouts of a problem fail, regenerate the group with the
+    problem's hint (the ``hints`` table of the data) in G-1 prompts and one fresh plain rollout."""
+
+    enabled: bool = False
+    conditioning: str | None = Field(
+        default=None, description="the abstract_hint entry whose hints to use; null: the first usable of each problem"
+    )
+
+
 class GRPOSection(Strict):
     num_generations: int = Field(default=8, ge=2, description="G rollouts per prompt")
     max_completion_length: int = Field(default=1024, gt=0)
@@ -93,13 +103,16 @@ class GRPOSection(Strict):
         default="boxed_or_final", description="how the reward reads a rollout's final answer (as verifier.extraction)"
     )
     expo: ExpoTerm = Field(default_factory=ExpoTerm)
+    nurl: NurlOption = Field(default_factory=NurlOption)
 
 
 class TrainConfig(Strict):
     kind: TrainKind
     data: str = Field(description="a run dir, or a Hugging Face Hub dataset repo id")
     data_revision: str | None = None
-    table: str | None = Field(default=None, description="dpo: dpo | dpo_expert | dpo_self; default per kind")
+    table: str | None = Field(
+        default=None, description="dpo: dpo | dpo_expert | dpo_self; grpo: grpo | grpo_questa; default per kind"
+    )
     model: str = Field(description="local model folder or Hub model id (the initial policy)")
     model_revision: str | None = None
     trust_remote_code: bool = False

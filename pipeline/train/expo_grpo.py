@@ -19,6 +19,7 @@ from typing import Any
 import torch
 from trl import GRPOTrainer
 
+from pipeline.conditionings import NURL
 from pipeline.leaks import detect_leak
 from pipeline.prompts import encode_chat, get_template, system_of
 from pipeline.train.config import ExpoTerm
@@ -28,7 +29,8 @@ from pipeline.verify import VerifierPool
 class ExPGRPOTrainer(GRPOTrainer):
     """GRPOTrainer with the ExPO term. See the module docstring for the batching argument.
 
-    ``questions`` (problem_id -> question text) is needed only to regenerate explanations online.
+    ``questions`` (problem_id -> question text) is needed to regenerate explanations online and for
+    NuRL's hinted prompts; ``hints`` (problem_id -> usable hint) turns NuRL's rule on.
     """
 
     def __init__(
@@ -37,9 +39,22 @@ class ExPGRPOTrainer(GRPOTrainer):
         expo: ExpoTerm,
         pool: VerifierPool | None = None,
         questions: dict[str, str] | None = None,
+        hints: dict[str, str] | None = None,
         **kwargs: Any,
     ):
         super().__init__(*args, **kwargs)
+        self._nurl_hints = hints or {}
+        self._nurl_inputs: list[dict[str, Any]] | None = None
+        # Over the run: generation batches, groups seen, groups whose G rollouts all failed, groups
+        # regenerated with their hint, all-wrong groups without a hint (train.json reports these).
+        self.nurl_counts: dict[str, int] | None = (
+            dict.fromkeys(("batches", "groups", "all_wrong", "fired", "no_hint"), 0) if hints else None
+        )
+        if hints:
+            if not questions:
+                raise ValueError("NuRL's hinted prompts need the problems' questions")
+            if getattr(self.args, "vllm_mode", "colocate") == "server" and self.use_vllm:
+                raise ValueError("NuRL regenerates single rows: use colocated vLLM or transformers generation")
         self.expo = expo
         self._expo_pool = pool
         self._expo_questions = questions or {}
@@ -94,6 +109,7 @@ class ExPGRPOTrainer(GRPOTrainer):
         return all_wrong[start : start + n_local].float()
 
     def _generate_and_score_completions(self, inputs):  # type: ignore[override]
+        self._nurl_inputs = inputs  # for _generate, which TRL hands the prompts only
         training = self.model.training
         if training and self.expo.regenerate_every:
             self._regenerate_explanations(inputs)
@@ -168,6 +184,63 @@ class ExPGRPOTrainer(GRPOTrainer):
         ).view_as(expo_ids)
         weights = expo_mask.float()
         return (nll * weights).sum() / weights.sum().clamp(min=1.0), int(keep.sum())
+
+    # ------------------------------------------------------------------------------------------
+    # NuRL: hints for groups that all failed
+
+    def _generate(self, prompts: list):  # type: ignore[override]
+        out = super()._generate(prompts)
+        inputs = self._nurl_inputs
+        if not self._nurl_hints or not self.model.training or inputs is None or len(inputs) != len(prompts):
+            return out
+        return self._nurl(prompts, inputs, out)
+
+    def _nurl(self, prompts: list, inputs: list[dict[str, Any]], out: tuple) -> tuple:
+        """When all G rollouts of a problem fail, the group is generated again: G-1 rows after the
+        prompt with the problem's hint in the slot (and the loss then uses that prompt, the one
+        they were sampled from, as NuRL does), one row after the plain prompt, fresh."""
+        prompt_ids, completion_ids, tool_mask, completions, logprobs, extra, images, tool_images = out
+        self._calculate_rewards(inputs, prompts, completions, completion_ids)  # our override keeps them
+        all_wrong = self._all_wrong_rows(len(inputs)).bool().tolist()
+        g = self.num_generations
+        first = self.accelerator.process_index * len(inputs)
+        rows: list[int] = []
+        new_prompts: list[Any] = []
+        counts = self.nurl_counts
+        assert counts is not None
+        counts["batches"] += 1
+        for i, row in enumerate(inputs):
+            position = (first + i) % g
+            hint = self._nurl_hints.get(row["problem_id"])
+            if position == 0:
+                counts["groups"] += 1
+                counts["all_wrong"] += int(all_wrong[i])
+                counts["fired"] += int(all_wrong[i] and hint is not None)
+                counts["no_hint"] += int(all_wrong[i] and hint is None)
+            if not all_wrong[i] or hint is None:
+                continue
+            rows.append(i)
+            new_prompts.append(prompts[i] if position == 0 else self._nurl_prompt(row, hint))
+        metrics = self._metrics["train"]
+        fired = sum(1 for i in rows if (first + i) % g == 0)
+        metrics["nurl/fired_groups"].append(float(fired))
+        metrics["nurl/fired_frac"].append(fired / max(len(inputs) // g, 1))
+        if not rows:
+            return out
+        again = super()._generate(new_prompts)
+        prompt_ids, completion_ids, completions = list(prompt_ids), list(completion_ids), list(completions)
+        logprobs = list(logprobs) if logprobs is not None else None
+        for k, i in enumerate(rows):
+            prompt_ids[i], completion_ids[i], completions[i] = again[0][k], again[1][k], again[3][k]
+            if logprobs is not None and again[4] is not None:
+                logprobs[i] = again[4][k]
+        return prompt_ids, completion_ids, tool_mask, completions, logprobs, extra, images, tool_images
+
+    def _nurl_prompt(self, row: dict[str, Any], hint: str) -> list[dict[str, str]]:
+        """The row's plain prompt with the hint in the template's slot: the prompt the generation
+        stage's ``abstract_hint`` requests used, so hinted rollouts match the hinted samples."""
+        question = self._expo_questions[row["problem_id"]]
+        return self._expo_template.conversation(question, NURL.fill(hint=hint), system_of(row["prompt"]))
 
     # ------------------------------------------------------------------------------------------
     # Online explanations

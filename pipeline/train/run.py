@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from pipeline import __version__, progress
-from pipeline.errors import START_OVER, ConfigError, ModelError, TrainedAlreadyError
+from pipeline.errors import START_OVER, ConfigError, ModelError, TrainDataError, TrainedAlreadyError
 from pipeline.sources import locate_model
 from pipeline.store import write_json
 from pipeline.train.config import TrainConfig
@@ -161,6 +161,26 @@ def _questions(cfg: TrainConfig) -> dict[str, str]:
     return dict(zip(problems["problem_id"], problems["question"], strict=True))
 
 
+def _hints(cfg: TrainConfig) -> dict[str, str]:
+    """NuRL's hints by problem: the first usable one (of ``grpo.nurl.conditioning`` when set)."""
+    try:
+        table = load_table(cfg.data, "hints", cfg.data_revision)
+    except (TrainDataError, OSError, ValueError) as e:
+        raise TrainDataError(
+            f"grpo.nurl needs the data's `hints` table, which {cfg.data} does not have ({e}); generate with an "
+            "abstract_hint conditioning (see data/conditionings.yaml)"
+        ) from None
+    want = cfg.grpo.nurl.conditioning
+    hints: dict[str, str] = {}
+    for row in sorted(table, key=lambda r: (r["problem_id"], r["hint_index"])):
+        if row["usable"] and (want is None or row["conditioning"] == want):
+            hints.setdefault(row["problem_id"], row["hint"])
+    if not hints:
+        which = f" of {want!r}" if want else ""
+        raise TrainDataError(f"grpo.nurl: the hints table of {cfg.data} has no usable hint{which}")
+    return hints
+
+
 def build_trainer(cfg: TrainConfig, dataset: Any, model: Any, tokenizer: Any, use_cpu: bool, precision: str) -> Any:
     """The TRL trainer for DPO or SFT, set up from our config."""
     out = Path(cfg.output_dir)
@@ -210,7 +230,7 @@ def build_grpo_trainer(
         loss_type=g.loss_type,
         **extra,
     )
-    questions = _questions(cfg) if g.expo.regenerate_every else None
+    questions = _questions(cfg) if g.expo.regenerate_every or g.nurl.enabled else None
     return ExPGRPOTrainer(
         model=model,
         reward_funcs=[VerifierReward("solution", pool)],
@@ -221,6 +241,7 @@ def build_grpo_trainer(
         expo=g.expo,
         pool=pool,
         questions=questions,
+        hints=_hints(cfg) if g.nurl.enabled else None,
     )
 
 
@@ -318,6 +339,7 @@ def train(
         "train_loss": result.training_loss,
         "seconds": round(time.monotonic() - t0, 3),
         "log_history": history,
+        **({"nurl": trainer.nurl_counts} if getattr(trainer, "nurl_counts", None) is not None else {}),
         "versions": package_versions(("torch", "transformers", "trl", "accelerate", "peft")),
     }
     write_json(manifest, out / TRAIN_JSON)  # last: marks the folder complete
