@@ -82,9 +82,42 @@ def print_summary(summary: RunSummary, problems: ProblemsSummary | None = None) 
         )
 
 
+def print_comparison(doc: RunDoc) -> None:
+    """The conditionings side by side (over all levels), when a run made more than ExPO's own."""
+    c = doc.conditionings
+    if c is None or len(c.variants) < 2:
+        return
+    # Plain aligned lines, not a rich Table: a narrow terminal would cut the numbers to "…".
+    rows = [r for r in c.comparison if r.level == "all"]
+    width = max(len("conditioning"), *(len(r.conditioning) for r in rows))
+    head = ("texts", "acc", "leaks", "pos", "nll", "ans lp", "cost", "rescued")
+    console.print("[bold]conditionings compared[/]")
+    console.print(f"{'conditioning':<{width}} " + " ".join(f"{h:>7}" for h in head), highlight=False, soft_wrap=True)
+    for r in rows:
+        cells = (
+            str(r.texts),
+            fmt(r.accuracy),
+            fmt(r.leak_rate),
+            str(r.positives),
+            "-" if r.nll_mean is None else f"{r.nll_mean:.3f}",
+            "-" if r.answer_logprob is None else f"{r.answer_logprob:.3f}",
+            "-" if r.texts_per_positive is None else f"{r.texts_per_positive:.1f}",
+            f"{r.rescued}/{r.all_wrong}",
+        )
+        line = f"{r.conditioning:<{width}} " + " ".join(f"{x:>7}" for x in cells)
+        console.print(line, highlight=False, soft_wrap=True, markup=False)
+    console.print(
+        "pos: positives (verified, not flagged); nll / ans lp: their mean nll_mean and answer_logprob after the "
+        "plain prompt; cost: texts and hint requests per positive; rescued: of the problems whose CoTs all failed"
+    )
+    if c.hints is not None:
+        console.print(f"abstract hints: {c.hints.usable} of {c.hints.written} usable")
+
+
 def print_run_end(run_dir: str, doc: RunDoc) -> None:
-    """The summary, then where each table landed with its rows."""
+    """The summary (and the conditionings compared), then where each table landed with its rows."""
     print_summary(doc.summary or RunSummary(), doc.problems)
+    print_comparison(doc)
     total = doc.timings.total_s if doc.timings and doc.timings.total_s else 0.0
     console.print(f"\nrun dir: [bold]{run_dir}[/] (total {total:.1f}s)")
     for name in (*schemas.SHOWN, "report"):

@@ -370,30 +370,15 @@ def test_verl_reads_questa_rows_and_scores_their_rollouts_as_we_label_them(cond_
     """verl's own RLHFDataset and reward manager (tests/verl_probe.py) on ``grpo_questa``: every row
     loads, verl renders the augmented prompt to the ids the texts were sampled after, and our scorer
     in verl's reward loop agrees with the stored rewards."""
-    import os
-    import subprocess
-    import sys
+    from transformers import AutoTokenizer
 
     from pipeline.prompts import encode_chat
 
-    from .test_verl import VERL_PYTHON
+    from .test_verl import run_verl_probe
 
-    out = tmp_path / "scores.json"
-    probe = ROOT / "tests" / "verl_probe.py"
-    proc = subprocess.run(
-        [str(VERL_PYTHON), str(probe), str(cond_run.table("grpo_questa")), str(tiny_model), str(out), sys.executable],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=600,
-        env={**os.environ, "HF_HUB_OFFLINE": "1", "WANDB_MODE": "disabled"},
-    )
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    scores = json.loads(out.read_text())
+    scores = run_verl_probe(cond_run.table("grpo_questa"), tiny_model, tmp_path / "scores.json")
     rows = read_table(cond_run.table("grpo_questa"), "grpo_questa").to_pylist()
     assert scores["rows"] == scores["batched_rows"] == len(rows)
-    from transformers import AutoTokenizer
-
     tok = AutoTokenizer.from_pretrained(tiny_model)
     assert scores["prompt_ids"] == [encode_chat(tok, r["prompt"]) for r in rows]
     assert scores["custom_rollouts"] == [r["rollout_rewards"] for r in rows]
@@ -435,3 +420,14 @@ def test_a_rebuild_takes_positives_from_another_conditioning_of_the_run_only(con
     assert build_settings(doc, ["build.positives=star"]).positives == "star"
     with pytest.raises(ConfigError, match="not a conditioning of this run"):
         build_settings(doc, ["build.positives=nope"])
+
+
+def test_the_end_of_a_run_prints_the_comparison(cond_run):
+    from flows.views import console, print_run_end
+
+    with console.capture() as captured:
+        print_run_end(str(cond_run.root), cond_run.require_doc())
+    text = captured.get()
+    assert "conditionings compared" in text and "grpo_questa/" in text and "hints/" in text
+    for label in cond_run.require_doc().conditionings.variants:
+        assert label in text

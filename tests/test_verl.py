@@ -19,14 +19,13 @@ from .conftest import ROOT
 VERL_PYTHON = Path(os.environ.get("EXPO_VERL_PYTHON", ROOT / ".venv-verl" / "bin" / "python"))
 
 
-@pytest.fixture(scope="module")
-def verl_scores(quickstart_run, tiny_model, tmp_path_factory) -> dict:
+def run_verl_probe(table_dir: Path, model_dir: Path, out: Path) -> dict:
+    """tests/verl_probe.py on one grpo-shaped table folder, in the verl environment."""
     if not VERL_PYTHON.exists():
         pytest.fail(f"no verl environment at {VERL_PYTHON}: `make setup-verl` builds it (`make test` does)")
-    out = tmp_path_factory.mktemp("verl") / "scores.json"
     probe = ROOT / "tests" / "verl_probe.py"
     proc = subprocess.run(
-        [str(VERL_PYTHON), str(probe), str(quickstart_run.table("grpo")), str(tiny_model), str(out), sys.executable],
+        [str(VERL_PYTHON), str(probe), str(table_dir), str(model_dir), str(out), sys.executable],
         cwd=ROOT,
         capture_output=True,
         text=True,
@@ -35,6 +34,12 @@ def verl_scores(quickstart_run, tiny_model, tmp_path_factory) -> dict:
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     return json.loads(out.read_text())
+
+
+@pytest.fixture(scope="module")
+def verl_scores(quickstart_run, tiny_model, tmp_path_factory) -> dict:
+    out = tmp_path_factory.mktemp("verl") / "scores.json"
+    return run_verl_probe(quickstart_run.table("grpo"), tiny_model, out)
 
 
 @pytest.mark.slow
