@@ -5,7 +5,9 @@ live in one shard), so memory does not grow with the run. Each table is written 
 and swapped in whole, so a reader never sees half a rebuild.
 
 Rules (``build`` in the run config):
-- chosen explanation: kind ``explanation``, verdict ``correct``, not a hint leak (unless allowed),
+- chosen explanation: kind ``explanation`` of the conditioning ``build.positives`` names (ExPO's
+  ``answer`` by default; every ``name@p`` variant of a curriculum), verdict ``correct``, not a hint
+  leak (unless allowed),
   ranked by ``best_explanation`` (default: lowest ``nll_mean``; ties and missing scores fall back
   to sample order);
 - rejected: an own CoT whose verdict is in ``rejected_verdicts`` (default incorrect and no_answer;
@@ -14,7 +16,9 @@ Rules (``build`` in the run config):
   ``allow_reuse``, every combination best-first; at most ``pairs_per_problem``;
 - ``dpo_expert`` and ``dpo_self`` take exactly the ``dpo`` pairs and replace only the chosen side
   (the expert solution; an own correct CoT ranked like explanations). A pair whose problem has no such
-  candidate is left out of that set and counted.
+  candidate is left out of that set and counted;
+- ``grpo_questa``: per problem and partial-solution fraction, the texts sampled after QuestA's
+  augmented prompt as the group (rewards and advantages as ``grpo``'s), the larger fraction first.
 """
 
 from __future__ import annotations

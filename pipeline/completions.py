@@ -73,7 +73,6 @@ def _sampling(s: SamplingConfig, model: dict[str, Any], n: int, seed: int) -> Sa
 
 
 def _request(
-    cfg: RunConfig,
     engine: Engine,
     model: dict[str, Any],
     params: SamplingConfig,
@@ -99,7 +98,7 @@ def build_requests(
     meta: dict[str, RequestMeta] = {}
 
     def add(params: SamplingConfig, n: int, seed_tag: str, m: RequestMeta) -> None:
-        req = _request(cfg, engine, model, params, n, seed_tag, m)
+        req = _request(engine, model, params, n, seed_tag, m)
         requests.append(req)
         meta[req.request_id] = m
 
@@ -141,7 +140,7 @@ class HintMeta:
 
 
 def hint_requests(
-    problems: list[dict[str, Any]], cfg: RunConfig, engine: Engine, template: PromptTemplate
+    problems: list[dict[str, Any]], cfg: RunConfig, engine: Engine
 ) -> tuple[list[Request], dict[str, HintMeta]]:
     """NuRL's first request, per problem and ``abstract_hint`` variant: question and gold in, one hint out."""
     model = model_generation_config(cfg.model.path, cfg.model.revision)
@@ -153,7 +152,7 @@ def hint_requests(
             continue
         hint_params = params.model_copy(update={"max_tokens": v.config.hint_max_tokens})
         for p in problems:
-            msgs = conditionings.hint_request(template, p["question"], p["answer"], cfg.prompts.system)
+            msgs = conditionings.hint_request(p["question"], p["answer"], cfg.prompts.system)
             seed = derive_seed(params.seed, p["problem_id"], v.label, "hint")
             rid = f"{p['problem_id']}/{v.label}/hint"
             requests.append(Request(rid, encode_chat(engine.tokenizer, msgs), _sampling(hint_params, model, 1, seed)))
@@ -222,7 +221,7 @@ def hinted_requests(
                 continue
             msgs = template.conversation(p["question"], v.insert(template).fill(hint=hint), cfg.prompts.system)
             m = RequestMeta(p, "explanation", msgs, v.label, v.sample_tag, None)
-            req = _request(cfg, engine, model, cfg.generation.explanation_params, v.n, v.label, m)
+            req = _request(engine, model, cfg.generation.explanation_params, v.n, v.label, m)
             requests.append(req)
             meta[req.request_id] = m
     return requests, meta

@@ -236,7 +236,7 @@ def cut_solution(solution: str, p: float, gold: str) -> Cut | None:
 # NuRL's abstract hint
 
 
-def hint_request(template: PromptTemplate, question: str, gold: str, system: str | None) -> list[Message]:
+def hint_request(question: str, gold: str, system: str | None) -> list[Message]:
     user = HINT_REQUEST.fill(question=question, answer=gold)
     return [*([] if system is None else [{"role": "system", "content": system}]), {"role": "user", "content": user}]
 

@@ -117,7 +117,7 @@ def generate_shard(cfg: RunConfig, run: RunDir, plan: ShardPlan, engine: Engine 
     template = get_template(cfg.prompts.template)
     problems = read_table(run.problems, "problems").slice(plan.start, plan.stop - plan.start).to_pylist()
     requests, meta = build_requests(problems, cfg, engine, template)
-    hint_reqs, hint_meta = hint_requests(problems, cfg, engine, template)
+    hint_reqs, hint_meta = hint_requests(problems, cfg, engine)
     progress.emit("shard.start", index=plan.index, problems=len(problems), requests=len(requests) + len(hint_reqs))
     call_seed = derive_seed(cfg.generation.sampling.seed, plan.key)
     # One engine call for the CoTs, the conditioned requests and NuRL's hint requests; a second
