@@ -123,7 +123,8 @@ def build_requests(
                 text, needle = "", None
             else:
                 text = ins.fill(answer=p["answer"])
-                needle = text
+                # ExPO's sentence copied into a text is a leak; STaR's bare "(68)" is too short to tell.
+                needle = text if v.kind == "answer" else None
             m = RequestMeta(
                 p, "explanation", template.conversation(p["question"], text, system), v.label, v.sample_tag, needle
             )
