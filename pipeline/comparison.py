@@ -104,22 +104,11 @@ def compare(samples: pl.LazyFrame, hints: pl.LazyFrame, variants: dict[str, Any]
     present = {r.conditioning for r in rows}
     for label, v in variants.items():  # a conditioning that could serve no problem is shown as such
         if label not in present:
+            requests = hint_counts.filter(pl.col("conditioning") == label)["hint_requests"].sum()
+            kind = (v or {}).get("kind")
             rows.append(
                 ComparisonRow(
-                    conditioning=label,
-                    kind=(v or {}).get("kind"),
-                    level="all",
-                    problems=0,
-                    texts=0,
-                    accuracy=None,
-                    leak_rate=None,
-                    positives=0,
-                    nll_mean=None,
-                    answer_logprob=None,
-                    texts_per_positive=None,
-                    hint_requests=int(hint_counts.filter(pl.col("conditioning") == label)["hint_requests"].sum()),
-                    rescued=0,
-                    all_wrong=int(all_wrong),
+                    conditioning=label, kind=kind, level="all", hint_requests=int(requests), all_wrong=int(all_wrong)
                 )
             )
     order = {label: i for i, label in enumerate(variants)}  # as configured

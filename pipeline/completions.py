@@ -181,7 +181,6 @@ def hint_rows(
             {
                 "problem_id": m.problem["problem_id"],
                 "conditioning": m.label,
-                "hint_index": 0,
                 "hint": hint,
                 "usable": reason is None,
                 "reject_reason": reason,

@@ -105,11 +105,6 @@ def variants(cfg: RunConfig) -> list[Variant]:
     return out
 
 
-def positive_labels(cfg: RunConfig) -> list[str]:
-    """The ``conditioning`` values whose texts the builders take as positives."""
-    return [v.label for v in variants(cfg) if v.entry == cfg.build.positives]
-
-
 def describe(cfg: RunConfig, template: PromptTemplate) -> dict[str, Any]:
     """Per variant, what run.json records: kind, parameters and the versioned insert."""
     out: dict[str, Any] = {}

@@ -213,7 +213,6 @@ HINTS = _schema(
     [
         pa.field("problem_id", pa.string(), nullable=False),
         pa.field("conditioning", pa.string(), nullable=False),  # the abstract_hint entry that asked for it
-        pa.field("hint_index", pa.int32(), nullable=False),
         pa.field("hint", pa.string(), nullable=False),  # the hint as extracted from the completion
         pa.field("usable", pa.bool_(), nullable=False),  # passed the leak checks: safe to show
         pa.field("reject_reason", pa.string()),  # empty | truncated | boxed | states_answer | leak:<reason> | ...

@@ -145,22 +145,23 @@ class BuildStats(Section):
 
 
 class ComparisonRow(Section):
-    """One conditioning at one level (or "all"): see pipeline/comparison.py."""
+    """One conditioning at one level (or "all"): see pipeline/comparison.py. The defaults are a
+    conditioning that produced no text."""
 
     conditioning: str
     kind: str | None = None
     level: str
-    problems: int  # problems with at least one text of this conditioning
-    texts: int
-    accuracy: float | None
-    leak_rate: float | None
-    positives: int  # verified correct and not flagged: what a builder can train on
-    nll_mean: float | None  # mean over positives, after the plain prompt (lower = in-distribution)
-    answer_logprob: float | None  # mean over positives (higher = leads to the gold)
-    texts_per_positive: float | None  # texts and hint requests generated per positive (cost)
+    problems: int = 0  # problems with at least one text of this conditioning
+    texts: int = 0
+    accuracy: float | None = None
+    leak_rate: float | None = None
+    positives: int = 0  # verified correct and not flagged: what a builder can train on
+    nll_mean: float | None = None  # mean over positives, after the plain prompt (lower = in-distribution)
+    answer_logprob: float | None = None  # mean over positives (higher = leads to the gold)
+    texts_per_positive: float | None = None  # texts and hint requests generated per positive (cost)
     hint_requests: int = 0
-    rescued: int  # problems with no correct CoT that got a positive
-    all_wrong: int  # problems with no correct CoT
+    rescued: int = 0  # problems with no correct CoT that got a positive
+    all_wrong: int = 0  # problems with no correct CoT
 
 
 class HintStats(Section):

@@ -162,7 +162,8 @@ def _questions(cfg: TrainConfig) -> dict[str, str]:
 
 
 def _hints(cfg: TrainConfig) -> dict[str, str]:
-    """NuRL's hints by problem: the first usable one (of ``grpo.nurl.conditioning`` when set)."""
+    """NuRL's hints by problem: the first usable one in table order (of ``grpo.nurl.conditioning``
+    when set)."""
     try:
         table = load_table(cfg.data, "hints", cfg.data_revision)
     except (TrainDataError, OSError, ValueError) as e:
@@ -172,7 +173,7 @@ def _hints(cfg: TrainConfig) -> dict[str, str]:
         ) from None
     want = cfg.grpo.nurl.conditioning
     hints: dict[str, str] = {}
-    for row in sorted(table, key=lambda r: (r["problem_id"], r["hint_index"])):
+    for row in table:
         if row["usable"] and (want is None or row["conditioning"] == want):
             hints.setdefault(row["problem_id"], row["hint"])
     if not hints:
