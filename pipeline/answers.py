@@ -227,6 +227,15 @@ def read_answer(text: str, policy: str = "boxed_or_final") -> Reading | None:
     return read_answers(text)[policy]
 
 
+def gold_answer(gold: str) -> str:
+    """A gold given as a solution text (it has a box) is read by the same rule as a completion."""
+    if "\\boxed" in gold or "\\fbox" in gold:
+        reading = read_answer(gold, "boxed")
+        if reading is not None:
+            return reading.answer
+    return gold
+
+
 def gsm8k_final(answer_field: str) -> str | None:
     """GSM8K's gold: the text after ``####``, with thousands separators kept as written."""
     m = _GSM8K_RE.search(answer_field or "")

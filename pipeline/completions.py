@@ -19,7 +19,7 @@ from pipeline.manifest import model_label
 from pipeline.prompts import Message, PromptTemplate, encode_chat, get_template
 from pipeline.sampling import model_generation_config
 from pipeline.sampling import resolve as resolve_sampling
-from pipeline.scoring import NO_SCORES, ScoreCounts, ScoreInput, Scores, literal_target, score_texts
+from pipeline.scoring import NO_SCORES, ScoreCounts, ScoreInput, Scores, score_texts, surely_gold
 from pipeline.text import storable
 
 
@@ -244,11 +244,17 @@ def leak_flags(gen: Generated) -> list[list[tuple[bool | None, str | None]]]:
 
 
 def score_shard(
-    gen: Generated, engine: Engine, template: PromptTemplate, cfg: ScoringConfig, system: str | None = None
+    gen: Generated,
+    engine: Engine,
+    template: PromptTemplate,
+    cfg: ScoringConfig,
+    system: str | None = None,
+    extraction: str = "boxed_or_final",
 ) -> tuple[list[list[Scores]], list[dict[str, Any]], ScoreCounts]:
     """Both scores of every completion and of each problem's expert solution, all after the
     problem's plain CoT prompt (``system`` as the requests had it), in one engine call (a CoT's own
-    log-probs give its nll_mean)."""
+    log-probs give its nll_mean). ``extraction`` is the verifier's: it tells the CoTs that are
+    certainly right from the candidate rejected sides that ``cfg.cot_answers`` counts."""
     plain = {
         p["problem_id"]: encode_chat(engine.tokenizer, template.messages("cot", p["question"], system=system))
         for p in gen.problems
@@ -261,9 +267,9 @@ def score_shard(
             if m.kind != "cot" or c.token_logprobs is None:
                 items.append(ScoreInput(plain[pid], c.text, gold))
                 continue
-            literal = literal_target(c.text, gold)
-            wanted = literal or cfg.cot_answers == "all" or others < cfg.cot_answers
-            others += not literal
+            right = surely_gold(c.text, gold, extraction)
+            wanted = right or cfg.cot_answers == "all" or others < cfg.cot_answers
+            others += not right
             n = len(c.token_ids) - (c.finish_reason == "stop")  # the stop token is not the text's
             generated = (c.token_ids[:n], c.token_logprobs[:n])
             items.append(ScoreInput(plain[pid], c.text, gold, generated=generated, answer_pass=wanted))

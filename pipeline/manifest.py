@@ -62,8 +62,10 @@ NEUTRAL_KEYS = (
     "ray",
 )
 # Keys that change which problems a shard holds, not how a problem's rows are made: the shard key
-# covers them through the problems' content instead.
-NON_OUTPUT_KEYS = (*NEUTRAL_KEYS, "shard_size", "problems")
+# covers them through the problems' content instead. ``model.path`` is covered by the model's
+# fingerprint and its label: a local folder's absolute path must not make a shard's key (and the
+# sampling seed drawn from it) depend on where the checkout lies.
+NON_OUTPUT_KEYS = (*NEUTRAL_KEYS, "shard_size", "problems", "model.path")
 
 
 def now() -> str:
@@ -115,7 +117,7 @@ def shard_key(cfg: RunConfig, model_fp: str, template: PromptTemplate, problems:
     question under the same id must not reuse old samples)."""
     payload = {
         "config": output_config(cfg),
-        "model": model_fp,
+        "model": [model_fp, model_label(cfg.model.path)],
         "template": template.digest,
         "conditionings": conditionings.digests(cfg, template),
         "code": [__version__, VERIFIER_VERSION, schemas.version(schemas.SAMPLES)],

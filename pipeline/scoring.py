@@ -35,7 +35,10 @@ model samples a non-canonical tokenisation.
 **Score what is used.** Positives (explanations, expert solutions, correct CoTs) get both scores.
 A CoT whose answer is not the gold needs its own pass for ``answer_logprob``; only the first
 ``scoring.cot_answers`` of them per problem get one (in sample order: the order ``build`` takes
-rejected sides in, and a fixed sample for the report), or all with ``cot_answers: all``.
+rejected sides in, and a fixed sample for the report), or all with ``cot_answers: all``. Scoring
+runs before the verifier, so "the gold" here is what string work settles (:func:`surely_gold`: the
+verifier's reading and its fast path); a right answer only sympy can settle (``0.75`` for gold
+``\\frac{3}{4}``) uses up one of those places.
 """
 
 from __future__ import annotations
@@ -43,7 +46,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from pipeline.answers import cut_before_answer
+from pipeline.answers import cut_before_answer, fast_verdict, gold_answer, read_answer
 from pipeline.engines import Engine
 from pipeline.engines.base import fits
 
@@ -106,6 +109,17 @@ def literal_target(text: str, gold: str) -> bool:
     """Whether the text's final answer starts with the scored target itself (``\\boxed{`` and the
     gold): then its answer_logprob usually comes free with the text's own log-probs."""
     return text[len(cut_before_answer(text)) :].lstrip().startswith(answer_target(gold))
+
+
+def surely_gold(text: str, gold: str, extraction: str) -> bool:
+    """Whether the verifier will certainly call this text's answer the gold: its final box is
+    literally the gold's, or its reading under ``extraction`` equals the gold by the verifier's own
+    string fast path. Such a CoT is a positive, never a rejected side, so it is scored in full and
+    does not use up ``scoring.cot_answers``."""
+    if literal_target(text, gold):
+        return True
+    reading = read_answer(text, extraction)
+    return reading is not None and fast_verdict(gold_answer(gold), reading.answer) is True
 
 
 def score_texts(engine: Engine, items: list[ScoreInput]) -> tuple[list[Scores], ScoreCounts]:

@@ -133,7 +133,9 @@ def generate_shard(cfg: RunConfig, run: RunDir, plan: ShardPlan, engine: Engine 
     t_gen, c_gen = time.monotonic(), stamp()
     flags = leak_flags(gen)
     if cfg.scoring.enabled:
-        scores, expert_rows, counts = score_shard(gen, engine, template, cfg.scoring, cfg.prompts.system)
+        scores, expert_rows, counts = score_shard(
+            gen, engine, template, cfg.scoring, cfg.prompts.system, cfg.verifier.extraction
+        )
     else:
         scores, expert_rows = [[NO_SCORES] * len(res.completions) for res in results], []
         counts = ScoreCounts()

@@ -28,7 +28,7 @@ from multiprocessing.connection import Connection, wait
 from pathlib import Path
 from typing import Any
 
-from pipeline.answers import POLICIES, Reading, fast_verdict, read_answer, read_answers
+from pipeline.answers import POLICIES, Reading, fast_verdict, gold_answer, read_answers
 from pipeline.errors import VerifierError
 
 VERIFIER_VERSION = "expo-verify-2"  # 2: box groups, final-answer statements, the gold guard
@@ -83,15 +83,6 @@ NO_ANSWER = {  # what each policy looked for and did not find
     "boxed": Verdict("no_answer", None, None, "no final answer: no \\boxed{}"),
     "boxed_or_final": Verdict("no_answer", None, None, "no final answer: no \\boxed{} and no final-answer statement"),
 }
-
-
-def gold_answer(gold: str) -> str:
-    """A gold given as a solution text (it has a box) is read by the same rule as a completion."""
-    if "\\boxed" in gold or "\\fbox" in gold:
-        reading = read_answer(gold, "boxed")
-        if reading is not None:
-            return reading.answer
-    return gold
 
 
 class _Plan:

@@ -218,3 +218,25 @@ def test_a_run_killed_alone_takes_its_temporary_prefect_server_with_it(tmp_path)
     finally:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, signal.SIGKILL)
+
+
+def test_a_shards_key_does_not_depend_on_where_the_model_folder_lies(tmp_path):
+    """The key (and the sampling seed drawn from it) follows the weights and the model's name, not
+    the checkout's path: the same run from two clones samples the same texts and reuses shards."""
+    import shutil
+
+    from pipeline.config import load_config
+    from pipeline.manifest import model_fingerprint, shard_key
+    from pipeline.prompts import get_template
+
+    problems = [
+        {"problem_id": "p", "question": "q", "answer": "1", "level": 1, "subject": "s", "expert_solution": None}
+    ]
+    keys = []
+    for where in ("a/tiny-model", "b/deeper/tiny-model", "c/renamed"):
+        model = tmp_path / where
+        shutil.copytree(ROOT / "data" / "tiny-model", model)
+        cfg = load_config(str(ROOT / "data" / "quickstart.yaml"), [f"model.path={model}", f"output_dir={tmp_path}"])
+        fp = model_fingerprint(cfg.model.path, cfg.model.revision)
+        keys.append(shard_key(cfg, fp, get_template(cfg.prompts.template), problems))
+    assert keys[0] == keys[1] != keys[2]  # a renamed folder changes the `model` column, so the key

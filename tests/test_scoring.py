@@ -6,7 +6,7 @@ import pytest
 from pipeline.answers import cut_before_answer
 from pipeline.engines import Request, Sampling
 from pipeline.prompts import EXPO_V1, render_chat
-from pipeline.scoring import ScoreInput, answer_split, answer_target, literal_target, score_texts
+from pipeline.scoring import ScoreInput, answer_split, answer_target, literal_target, score_texts, surely_gold
 
 QUESTION = "What is $23+45$?"
 TEXT = "We add 23 and 45.\n23 + 45 = 68\nThe final answer is \\boxed{68}."
@@ -148,7 +148,7 @@ def test_only_the_cots_that_are_used_pay_for_an_answer_pass(hf_engine):
     every, _, every_counts = score_shard(gen, hf_engine, EXPO_V1, ScoringConfig(cot_answers="all"))
     others_seen = 0
     for p, res, row_few, row_all in zip(problems, gen.results, few, every, strict=True):
-        others = [not literal_target(c.text, p["answer"]) for c in res.completions]
+        others = [not surely_gold(c.text, p["answer"], "boxed_or_final") for c in res.completions]
         others_seen += sum(others)
         answered = [sc.answer_logprob is not None for sc in row_few]
         assert sum(a for a, o in zip(answered, others, strict=True) if o) == min(1, sum(others))
@@ -158,3 +158,36 @@ def test_only_the_cots_that_are_used_pay_for_an_answer_pass(hf_engine):
         assert all(sc.nll_mean is not None for sc in row_few)
     assert others_seen > len(problems)  # the limit was exercised
     assert few_counts.passes == len(problems) < every_counts.passes  # one answer pass per problem
+
+
+def test_a_right_answer_without_the_gold_box_does_not_use_up_the_rejected_sides_place(hf_engine):
+    """Scoring runs before the verifier. A CoT that states the gold without its box ("The answer is
+    68") is a positive, so the place ``cot_answers: 1`` keeps goes to the first CoT the verifier will
+    reject, the one ``build`` pairs: a right answer in place of the first wrong one left the pair's
+    rejected side without answer_logprob."""
+    from pipeline.completions import Generated, RequestMeta, score_shard
+    from pipeline.config import ScoringConfig
+    from pipeline.engines import Completion, Result
+
+    tok = hf_engine.tokenizer
+    problem = {"problem_id": "p0", "question": QUESTION, "answer": "68", "expert_solution": None}
+    problem.update(level=1, subject="x")
+    texts = [
+        "23 + 45 = 68. The answer is 68.",  # right by statement: no box of the gold
+        "23 + 45 = 68. So $\\boxed{ 68 }$.",  # right by the verifier's fast path, not literally
+        "23 + 45 = 58. The final answer is \\boxed{58}.",  # the first the verifier rejects
+        "23 + 45 = 78. The final answer is \\boxed{78}.",
+    ]
+    completions = []
+    for text in texts:
+        ids = tok.encode(text, add_special_tokens=False)
+        completions.append(Completion(text, ids, "length", -float(len(ids)), [-1.0] * len(ids)))
+    messages = EXPO_V1.messages("cot", QUESTION)
+    ids = tok.encode(render_chat(tok, messages), add_special_tokens=False)
+    request = Request("p0/cot", ids, Sampling(n=4, temperature=1.0, top_p=1.0, max_tokens=40, seed=1))
+    result = Result("p0/cot", len(ids), completions)
+    gen = Generated([problem], [request], {"p0/cot": RequestMeta(problem, "cot", messages)}, [result])
+    [row], _, _ = score_shard(gen, hf_engine, EXPO_V1, ScoringConfig(cot_answers=1))
+    assert [sc.answer_logprob is not None for sc in row] == [True, True, True, False]
+    assert [surely_gold(t, "68", "boxed_or_final") for t in texts] == [True, True, False, False]
+    assert not surely_gold(texts[0], "68", "boxed")  # under the boxed policy it has no answer
