@@ -109,6 +109,33 @@ def report(run_dir: Annotated[Path, typer.Argument(help="a run dir written by `e
     console.print(f"report: {run.report / 'report.md'}")
 
 
+@app.command()
+def decontaminate(
+    source: Annotated[str, typer.Argument(help="problems to check: a file, a folder, or SOURCE[:SUBSET,...][@SPLIT]")],
+    against: Annotated[
+        list[str],
+        typer.Option(help="a benchmark, as SOURCE (e.g. HuggingFaceH4/MATH-500@test, openai/gsm8k:main@test)"),
+    ],
+    ngram: Annotated[int, typer.Option(help="word n-gram size; 0 compares whole questions")] = 8,
+    out: Annotated[Path | None, typer.Option(help="write every overlapping row here (JSONL)")] = None,
+) -> None:
+    """Check a problem set against benchmarks (the check `problems.decontaminate` applies in a run).
+    Exits 1 when a row overlaps."""
+    import json
+
+    from flows.views import print_decontamination
+    from pipeline.contamination import check_source, parse_source
+
+    check = check_source(parse_source(source), [parse_source(a) for a in against], ngram or None)
+    print_decontamination(check)
+    if out is not None:
+        lines = [json.dumps(f.to_dict()) for f in check.findings]
+        out.write_text("".join(line + "\n" for line in lines), encoding="utf-8")
+        console.print(f"wrote {len(lines)} rows to {out}")
+    if check.findings:
+        raise typer.Exit(1)
+
+
 @app.command("build")
 def build_cmd(
     source: Annotated[str, typer.Argument(help="a run dir, a published dataset folder, or a Hub dataset repo id")],

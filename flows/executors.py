@@ -47,8 +47,10 @@ SHARD_CACHE = CachePolicy.from_cache_key_fn(_shard_cache_key)
 def generate_shard_task(cfg: RunConfig, run: RunDir, plan: st.ShardPlan) -> ShardOutcome:
     """The engine stage of a shard, on this process's (or this Ray worker's) long-lived engine."""
     engine = get_engine(cfg.model, seed=cfg.generation.sampling.seed) if st.needs_engine(run, plan) else None
+    v = cfg.verifier  # generation.explanations_for verifies a shard's CoTs in the engine stage
+    pool = shared_pool(v.workers, v.timeout_s, v.extraction) if cfg.generation.explanations_for != "all" else None
     try:
-        return st.generate_shard(cfg, run, plan, engine)
+        return st.generate_shard(cfg, run, plan, engine, pool)
     except Exception:
         # A crashed engine is not reused: the retry (or the next shard) loads a fresh one.
         release_engines()

@@ -114,10 +114,53 @@ def print_comparison(doc: RunDoc) -> None:
         console.print(f"abstract hints: {c.hints.usable} of {c.hints.written} usable")
 
 
+def print_curation(doc: RunDoc) -> None:
+    """What curation did: each applied rule's removals, the validation split, what
+    ``explanations_for`` saved; one line when no rule applied."""
+    build = doc.build
+    if build is None or build.funnel is None:
+        return
+    applied = [st for st in build.funnel.steps if st.applied]
+    for st in applied:
+        removed = ", ".join(f"{t} {n}" for t, n in st.removed.items() if n) or "nothing"
+        console.print(f"curation: {st.rule} ({st.setting}) removed {removed}", highlight=False)
+    if not applied:
+        console.print("curation: no rule applied (report/report.md shows what each would remove)")
+    if build.validation_rows:
+        rows = ", ".join(f"{t} {n}" for t, n in build.validation_rows.items() if n)
+        console.print(f"validation split: {build.validation_problems} problems ({rows})", highlight=False)
+    e = doc.explanations_for
+    if e is not None:
+        console.print(
+            f"explanations_for {e.setting}: {e.problems_skipped} of {e.problems} problems skipped, "
+            f"{e.texts_skipped} texts and {e.hint_requests_skipped} hint requests not generated "
+            f"(~{e.est_tokens_saved or 0} tokens)",
+            highlight=False,
+        )
+
+
+def print_decontamination(check: Any, shown: int = 10) -> None:
+    """``expo-data decontaminate``: the overlapping rows (the first ``shown``) and the counts."""
+    against = ", ".join(f"{b} ({n})" for b, n in check.benchmarks.items())
+    if check.findings:
+        table = Table(title=f"rows that overlap a benchmark (first {min(shown, len(check.findings))})")
+        for col in ("row", "problem id", "benchmark row", "shared"):
+            table.add_column(col)
+        for f in check.findings[:shown]:
+            table.add_row(str(f.row.row), f.row.problem_id or "-", f.match.entry.describe(), f.match.shared)
+        console.print(table)
+    console.print(
+        f"{len(check.findings)} of {check.checked} rows overlap {against} "
+        f"(index {check.index_s:.2f}s, check {check.check_s:.2f}s)",
+        highlight=False,
+    )
+
+
 def print_run_end(run_dir: str, doc: RunDoc) -> None:
     """The summary (and the conditionings compared), then where each table landed with its rows."""
     print_summary(doc.summary or RunSummary(), doc.problems)
     print_comparison(doc)
+    print_curation(doc)
     total = doc.timings.total_s if doc.timings and doc.timings.total_s else 0.0
     console.print(f"\nrun dir: [bold]{run_dir}[/] (total {total:.1f}s)")
     for name in (*schemas.SHOWN, "report"):

@@ -1,24 +1,11 @@
-"""Training sets from the sample tables: ExP-DPO pairs and baselines, GRPO groups, ExP-SFT rows.
+"""Training sets from the sample tables, written shard by shard with their curation funnel.
 
-Pure functions over Parquet: polars lazy scans, one samples shard at a time (a problem's samples all
-live in one shard), so memory does not grow with the run. Each table is written as a folder of parts
-and swapped in whole, so a reader never sees half a rebuild.
-
-Rules (``build`` in the run config):
-- chosen explanation: kind ``explanation`` of the conditioning ``build.positives`` names (ExPO's
-  ``answer`` by default; every ``name@p`` variant of a curriculum), verdict ``correct``, not a hint
-  leak (unless allowed),
-  ranked by ``best_explanation`` (default: lowest ``nll_mean``; ties and missing scores fall back
-  to sample order);
-- rejected: an own CoT whose verdict is in ``rejected_verdicts`` (default incorrect and no_answer;
-  timeouts and errors are unknown, not wrong), in sample order;
-- pairs: chosen rank i with rejected rank i (no sample reused within a problem), or, with
-  ``allow_reuse``, every combination best-first; at most ``pairs_per_problem``;
-- ``dpo_expert`` and ``dpo_self`` take exactly the ``dpo`` pairs and replace only the chosen side
-  (the expert solution; an own correct CoT ranked like explanations). A pair whose problem has no such
-  candidate is left out of that set and counted;
-- ``grpo_questa``: per problem and partial-solution fraction, the texts sampled after QuestA's
-  augmented prompt as the group (rewards and advantages as ``grpo``'s), the larger fraction first.
+Polars lazy scans, one samples shard at a time (a problem's samples all live in one shard), so
+memory does not grow with the run. Each table is written as a folder of parts and swapped in whole,
+so a reader never sees half a rebuild; with ``build.validation_fraction`` the validation split's
+parts go to the table's ``validation/`` subfolder (whole problems, chosen by a hash of the id).
+What the rows are is :mod:`pipeline.builders`; which rules cut them, and the funnel, is
+:mod:`pipeline.curation`.
 """
 
 from __future__ import annotations
@@ -28,273 +15,13 @@ from collections import Counter
 from pathlib import Path
 
 import polars as pl
-import pyarrow as pa
 
 import schemas
-from pipeline import conditionings, progress
+from pipeline import builders, conditionings, curation, progress
 from pipeline.config import BuildConfig
 from pipeline.problem_table import ProblemIndex
-from pipeline.store import RunDir, parquet_files, rows_by_level, scan_table, write_parquet
-from schemas.run_doc import BuildCoverage, BuildStats, HintLeaks
-
-CHOSEN_COLS = ["chosen_sample_id", "chosen_text", "chosen_nll_mean", "chosen_answer_logprob"]
-
-
-def trl_solution(gold: str) -> pl.Expr:
-    """The gold inside ``\\boxed{}``: TRL's accuracy_reward parses every gold format that way,
-    while raw LaTeX outside math delimiters (``x^2+6x+9``, ``[-3,4)``) makes it skip the row."""
-    return pl.concat_str(pl.lit("\\boxed{"), pl.col(gold), pl.lit("}"))
-
-
-def _assistant(col: str) -> pl.Expr:
-    return pl.concat_list(pl.struct(role=pl.lit("assistant"), content=pl.col(col)))
-
-
-def _ranked(frame: pl.LazyFrame, rule: str, name: str) -> pl.LazyFrame:
-    """Order candidates within each problem by the rule, and number them 0, 1, ... as ``name``."""
-    if rule == "lowest_nll":
-        keys, desc = ["problem_id", "nll_mean", "sample_index"], [False, False, False]
-    elif rule == "highest_answer_logprob":
-        keys, desc = ["problem_id", "answer_logprob", "sample_index"], [False, True, False]
-    elif rule == "first":
-        keys, desc = ["problem_id", "sample_index"], [False, False]
-    else:
-        raise ValueError(f"unknown ranking rule {rule!r}")
-    return frame.sort(keys, descending=desc, nulls_last=True).with_columns(
-        pl.int_range(pl.len()).over("problem_id").alias(name)
-    )
-
-
-def positive(cfg: BuildConfig) -> pl.Expr:
-    """Texts of the conditioning that gives positives (``build.positives``; a partial solution's
-    curriculum is one entry with a ``name@p`` variant per fraction)."""
-    cond = pl.col("conditioning")
-    return (pl.col("kind") == "explanation") & ((cond == cfg.positives) | cond.str.starts_with(cfg.positives + "@"))
-
-
-def _candidates(samples: pl.LazyFrame, cfg: BuildConfig) -> dict[str, pl.LazyFrame]:
-    leak_ok = pl.lit(True) if cfg.include_hint_leaks else ~pl.col("hint_leak").fill_null(False)
-    explanations = samples.filter(positive(cfg) & (pl.col("verdict") == "correct") & leak_ok)
-    rejected = samples.filter((pl.col("kind") == "cot") & pl.col("verdict").is_in(cfg.rejected_verdicts))
-    correct_cots = samples.filter((pl.col("kind") == "cot") & (pl.col("verdict") == "correct"))
-    plain_prompt = (
-        samples.filter(pl.col("kind") == "cot")
-        .sort(["problem_id", "sample_index"])
-        .group_by("problem_id", maintain_order=True)
-        .agg(pl.col("prompt").first().alias("plain_prompt"))
-    )
-    return {
-        "explanations": _ranked(explanations, cfg.best_explanation, "e_rank"),
-        "rejected": _ranked(rejected, "first", "r_rank"),
-        "correct_cots": _ranked(correct_cots, cfg.best_explanation, "c_rank"),
-        "plain_prompt": plain_prompt,
-    }
-
-
-def _pairs(c: dict[str, pl.LazyFrame], cfg: BuildConfig) -> pl.LazyFrame:
-    e = c["explanations"].select(
-        "problem_id",
-        "e_rank",
-        pl.col("sample_id").alias("chosen_sample_id"),
-        pl.col("completion").alias("chosen_text"),
-        pl.col("nll_mean").alias("chosen_nll_mean"),
-        pl.col("answer_logprob").alias("chosen_answer_logprob"),
-    )
-    r = c["rejected"].select(
-        "problem_id",
-        "r_rank",
-        "level",
-        "subject",
-        "gold",
-        pl.col("prompt").alias("plain_prompt"),
-        pl.col("sample_id").alias("rejected_sample_id"),
-        pl.col("completion").alias("rejected_text"),
-        pl.col("nll_mean").alias("rejected_nll_mean"),
-        pl.col("answer_logprob").alias("rejected_answer_logprob"),
-    )
-    pairs = e.join(r, on="problem_id", how="inner")
-    if not cfg.allow_reuse:
-        pairs = pairs.filter(pl.col("e_rank") == pl.col("r_rank"))
-    return (
-        pairs.with_columns((pl.col("e_rank") + pl.col("r_rank")).alias("_order"))
-        .sort(["problem_id", "_order", "r_rank"])
-        .with_columns(pl.int_range(pl.len()).over("problem_id").cast(pl.Int32).alias("pair_index"))
-        .filter(pl.col("pair_index") < cfg.pairs_per_problem)
-        .drop("_order")
-    )
-
-
-def _pair_table(pairs: pl.LazyFrame, source: str) -> pl.LazyFrame:
-    return pairs.select(
-        pl.col("plain_prompt").alias("prompt"),
-        _assistant("chosen_text").alias("chosen"),
-        _assistant("rejected_text").alias("rejected"),
-        "problem_id",
-        "pair_index",
-        "level",
-        "subject",
-        "gold",
-        pl.lit(source).alias("chosen_source"),
-        "chosen_sample_id",
-        "rejected_sample_id",
-        "chosen_nll_mean",
-        "chosen_answer_logprob",
-        "rejected_nll_mean",
-        "rejected_answer_logprob",
-    )
-
-
-def _first_of_each(pairs: pl.LazyFrame, keys: list[str]) -> pl.LazyFrame:
-    """With ``allow_reuse``, two ``dpo`` pairs that share their rejected side can get the same
-    baseline chosen (one expert solution, or fewer correct CoTs than explanations): keep the first
-    such pair only, never the same preference twice."""
-    ordered = pairs.sort(["problem_id", "pair_index"])
-    return ordered.unique(subset=["problem_id", *keys], keep="first", maintain_order=True)
-
-
-def _with_expert(pairs: pl.LazyFrame, problems: pl.LazyFrame, cfg: BuildConfig) -> pl.LazyFrame:
-    expert = problems.select(
-        "problem_id",
-        pl.lit(None, dtype=pl.String).alias("chosen_sample_id"),
-        pl.col("expert_solution").alias("chosen_text"),
-        pl.col("expert_nll_mean").alias("chosen_nll_mean"),
-        pl.col("expert_answer_logprob").alias("chosen_answer_logprob"),
-    ).filter(pl.col("chosen_text").is_not_null())
-    joined = pairs.drop(CHOSEN_COLS).join(expert, on="problem_id", how="inner")
-    return _first_of_each(joined, ["rejected_sample_id"]) if cfg.allow_reuse else joined
-
-
-def _with_own_correct(pairs: pl.LazyFrame, correct: pl.LazyFrame, cfg: BuildConfig) -> pl.LazyFrame:
-    own = correct.select(
-        "problem_id",
-        "c_rank",
-        pl.len().over("problem_id").alias("_n_correct"),
-        pl.col("sample_id").alias("chosen_sample_id"),
-        pl.col("completion").alias("chosen_text"),
-        pl.col("nll_mean").alias("chosen_nll_mean"),
-        pl.col("answer_logprob").alias("chosen_answer_logprob"),
-    )
-    joined = pairs.drop(CHOSEN_COLS).join(own, on="problem_id", how="inner")
-    want = pl.col("pair_index") % pl.col("_n_correct") if cfg.allow_reuse else pl.col("pair_index")
-    chosen = joined.filter(pl.col("c_rank") == want).drop("c_rank", "_n_correct")
-    return _first_of_each(chosen, ["chosen_sample_id", "rejected_sample_id"]) if cfg.allow_reuse else chosen
-
-
-def _groups(rollouts: pl.LazyFrame, keys: list[str]) -> pl.LazyFrame:
-    """One row per group (a problem's CoTs, or a problem's texts of one conditioning): the texts in
-    sample order, their 0/1 rewards, group-normalised advantages and the pass rate."""
-    reward = (pl.col("verdict") == "correct").cast(pl.Float64)
-    mean = reward.mean().over(keys)
-    std = reward.std(ddof=1).over(keys)  # as TRL's GRPOTrainer (torch.std, unbiased)
-    advantage = pl.when(std.fill_null(0.0) > 0).then((reward - mean) / std).otherwise(0.0)
-    return (
-        rollouts.sort([*keys, "sample_index"])
-        .with_columns(reward.alias("_reward"), advantage.alias("_advantage"))
-        .group_by(keys, maintain_order=True)
-        .agg(
-            pl.col("prompt").first(),
-            pl.col("gold").first(),
-            pl.col("completion").alias("rollouts"),
-            pl.col("_reward").alias("rollout_rewards"),
-            pl.col("_advantage").alias("rollout_advantages"),
-            pl.col("_reward").mean().alias("pass_rate"),
-        )
-    )
-
-
-def _grpo_rows(
-    groups: pl.LazyFrame, c: dict[str, pl.LazyFrame], problems: pl.LazyFrame, cfg: BuildConfig
-) -> pl.LazyFrame:
-    best = (
-        c["explanations"]
-        .filter(pl.col("e_rank") == 0)
-        .select(
-            "problem_id", pl.col("completion").alias("explanation"), pl.col("sample_id").alias("explanation_sample_id")
-        )
-    )
-    info = problems.select("problem_id", "level", "subject", "expert_solution", "source", "_index")
-    return (
-        groups.join(info, on="problem_id", how="inner")
-        .join(best, on="problem_id", how="left")
-        .with_columns(
-            trl_solution("gold").alias("solution"),
-            pl.lit(cfg.grpo_data_source).alias("data_source"),
-            pl.lit("math").alias("ability"),
-            pl.struct(style=pl.lit("rule"), ground_truth=pl.col("gold")).alias("reward_model"),
-            pl.struct(
-                index=pl.col("_index"), problem_id=pl.col("problem_id"), level=pl.col("level"), source=pl.col("source")
-            ).alias("extra_info"),
-        )
-    )
-
-
-def _grpo(samples: pl.LazyFrame, c: dict[str, pl.LazyFrame], problems: pl.LazyFrame, cfg: BuildConfig) -> pl.LazyFrame:
-    groups = _groups(samples.filter(pl.col("kind") == "cot"), ["problem_id"])
-    return _grpo_rows(groups, c, problems, cfg).select(schemas.GRPO.names)
-
-
-def _grpo_questa(
-    samples: pl.LazyFrame,
-    c: dict[str, pl.LazyFrame],
-    problems: pl.LazyFrame,
-    cfg: BuildConfig,
-    fractions: dict[str, float],
-) -> pl.LazyFrame:
-    """QuestA's rows: per problem and fraction, the augmented prompt and the texts sampled after it
-    as the group, in curriculum order (the larger fraction first)."""
-    if not fractions:
-        return pl.from_arrow(schemas.empty("grpo_questa")).lazy()
-    texts = samples.filter((pl.col("kind") == "explanation") & pl.col("conditioning").is_in(list(fractions)))
-    groups = _groups(texts, ["problem_id", "conditioning"])
-    cuts = []
-    for p in problems.select("problem_id", "expert_solution", "answer").collect().iter_rows(named=True):
-        for label, frac in fractions.items():
-            cut = conditionings.cut_solution(p["expert_solution"] or "", frac, p["answer"])
-            if cut is not None:
-                cuts.append((p["problem_id"], label, cut.text, frac, cut.shown))
-    shown = pl.LazyFrame(
-        cuts,
-        schema={
-            "problem_id": pl.String,
-            "conditioning": pl.String,
-            "prompt_augmentation": pl.String,
-            "augmentation_p": pl.Float64,
-            "augmentation_shown": pl.Float64,
-        },
-        orient="row",
-    )
-    rows = _grpo_rows(groups.join(shown, on=["problem_id", "conditioning"], how="inner"), c, problems, cfg)
-    return rows.sort(["_index", "augmentation_p"], descending=[False, True]).select(schemas.GRPO_QUESTA.names)
-
-
-def _sft(c: dict[str, pl.LazyFrame]) -> pl.LazyFrame:
-    return (
-        c["explanations"]
-        .join(c["plain_prompt"], on="problem_id", how="inner")
-        .select(
-            pl.col("plain_prompt").alias("prompt"),
-            _assistant("completion").alias("completion"),
-            "problem_id",
-            "level",
-            "subject",
-            "gold",
-            "sample_id",
-            pl.col("e_rank").cast(pl.Int32).alias("rank"),
-            "nll_mean",
-            "answer_logprob",
-        )
-    )
-
-
-def _in_problem_order(frame: pl.LazyFrame, problems: pl.LazyFrame, *keys: str) -> pl.LazyFrame:
-    order = problems.select("problem_id", "_index")
-    return frame.join(order, on="problem_id", how="inner").sort(["_index", *keys]).drop("_index")
-
-
-def _to_arrow(frame: pl.LazyFrame, name: str) -> pa.Table:
-    target = schemas.schema(name)
-    table = frame.collect().to_arrow()
-    return table.select(target.names).cast(target)
+from pipeline.store import VALIDATION, RunDir, parquet_files, rows_by_level, scan_table, write_parquet
+from schemas.run_doc import BuildCoverage, BuildStats, Funnel, HintLeaks
 
 
 def questa_fractions(run: RunDir) -> dict[str, float]:
@@ -306,47 +33,60 @@ def questa_fractions(run: RunDir) -> dict[str, float]:
     return {v.label: v.p for v in conditionings.variants(doc.config) if v.kind == "partial_solution" and v.p}
 
 
+def _collect(frames: dict[str, pl.LazyFrame]) -> dict[str, pl.DataFrame]:
+    return dict(zip(frames, pl.collect_all(list(frames.values())), strict=True))
+
+
 def build_datasets(run: RunDir, cfg: BuildConfig) -> BuildStats:
     """Rebuild every training set from the samples shards; returns counts for run.json and report.
 
     One shard at a time: its samples are scanned lazily, and only the problems it names are read,
-    so peak memory follows the shard size, not the run's."""
+    so peak memory follows the shard size, not the run's. Each shard is built once with no rule and
+    once per funnel step (:func:`pipeline.curation.chain`); the last applied step's tables are
+    written."""
     index = ProblemIndex(run.problems)
     fractions = questa_fractions(run)
     staging = {name: run.root / f".{name}.new" for name in schemas.DATASETS}
     for path in staging.values():
         shutil.rmtree(path, ignore_errors=True)
-        path.mkdir(parents=True)
+        (path / VALIDATION).mkdir(parents=True)
     counts: Counter[str] = Counter()
+    validation: Counter[str] = Counter()
+    validation_problems = 0
     paired: set[str] = set()
+    funnel = curation.Funnel(cfg, schemas.DATASETS)
     shards = parquet_files(run.samples)
     progress.emit("build.start", shards=len(shards))
     for shard_file in shards:
         progress.emit("build.shard", shard=shard_file.name)
         samples = scan_table([shard_file], "samples")
         problems = index.for_ids(samples.select("problem_id").collect()["problem_id"])
-        c = _candidates(samples, cfg)
-        pairs = _pairs(c, cfg)
-        frames = {
-            "dpo": _pair_table(pairs, "explanation"),
-            "dpo_expert": _pair_table(_with_expert(pairs, problems, cfg), "expert"),
-            "dpo_self": _pair_table(_with_own_correct(pairs, c["correct_cots"], cfg), "cot"),
-            "grpo": _grpo(samples, c, problems, cfg),
-            "sft": _sft(c),
-        }
-        for name, frame in frames.items():
-            keys = ("pair_index",) if name.startswith("dpo") else ("rank",) if name == "sft" else ()
-            frames[name] = _in_problem_order(frame, problems, *keys)
-        frames["grpo_questa"] = _grpo_questa(samples, c, problems, cfg, fractions)
-        for name, frame in frames.items():
-            table = _to_arrow(frame, name)
-            if table.num_rows == 0:
-                continue  # no empty parts: `datasets` refuses a folder that holds one
-            write_parquet(table, staging[name] / shard_file.name.replace("shard-", "part-"))
-            counts[name] += table.num_rows
+        base = _collect(builders.tables(samples, problems, cfg, curation.NO_RULES, fractions))
+        after, built = [], base
+        for step in funnel.steps:
+            frames = _collect(builders.tables(samples, problems, cfg, step.rules, fractions))
+            after.append({name: curation.level_counts(f) for name, f in frames.items()})
+            if step.applied:
+                built = frames
+        funnel.add({name: curation.level_counts(f) for name, f in base.items()}, after)
+        held = curation.validation_ids(problems.select("problem_id").collect()["problem_id"], cfg.validation_fraction)
+        validation_problems += len(held)
+        for name, frame in built.items():
+            parts = {
+                "train": frame.filter(~pl.col("problem_id").is_in(held)),
+                VALIDATION: frame.filter(pl.col("problem_id").is_in(held)),
+            }
+            for split, rows in parts.items():
+                if rows.height == 0:
+                    continue  # no empty parts: `datasets` refuses a folder that holds one
+                folder = staging[name] if split == "train" else staging[name] / VALIDATION
+                write_parquet(builders.to_arrow(rows, name), folder / shard_file.name.replace("shard-", "part-"))
+                (counts if split == "train" else validation)[name] += rows.height
             if name == "dpo":
-                paired.update(table.column("problem_id").to_pylist())
+                paired.update(frame["problem_id"].to_list())
     for name, path in staging.items():
+        if not any((path / VALIDATION).iterdir()):
+            (path / VALIDATION).rmdir()
         progress.emit("build.swap", table=name)
         _swap_in(path, run.table(name))
     coverage, leaks = _coverage(run, cfg, index.rows, len(paired))
@@ -354,12 +94,19 @@ def build_datasets(run: RunDir, cfg: BuildConfig) -> BuildStats:
         settings=cfg,
         rows={name: counts[name] for name in schemas.DATASETS},
         rows_by_level={name: rows_by_level(run.table(name)) for name in schemas.DATASETS},
+        validation_rows={name: validation[name] for name in schemas.DATASETS} if cfg.validation_fraction else {},
+        validation_problems=validation_problems,
         problems=coverage,
         hint_leaks=leaks,
         dpo_pairs_without_candidate={
-            "dpo_expert": counts["dpo"] - counts["dpo_expert"],
-            "dpo_self": counts["dpo"] - counts["dpo_self"],
+            "dpo_expert": counts["dpo"] + validation["dpo"] - counts["dpo_expert"] - validation["dpo_expert"],
+            "dpo_self": counts["dpo"] + validation["dpo"] - counts["dpo_self"] - validation["dpo_self"],
         },
+        funnel=Funnel(
+            candidates={t: sum(c.values()) for t, c in funnel.candidates.items()},
+            candidates_by_level={t: dict(sorted(c.items())) for t, c in funnel.candidates.items()},
+            steps=funnel.doc_steps(),
+        ),
     )
 
 
@@ -376,11 +123,11 @@ def _swap_in(staged: Path, final: Path) -> None:
 def _coverage(run: RunDir, cfg: BuildConfig, n_problems: int, paired: int) -> tuple[BuildCoverage, HintLeaks]:
     """How many problems each set could not use, and why: nothing goes missing silently."""
     samples = scan_table(parquet_files(run.samples), "samples")
-    c = _candidates(samples, cfg)
+    c = builders.candidates(samples, cfg)
     with_expl = c["explanations"].select("problem_id").unique().collect().height
     with_rejected = c["rejected"].select("problem_id").unique().collect().height
     leaks = (
-        samples.filter(positive(cfg))
+        samples.filter(builders.positive(cfg))
         .select(
             pl.len().alias("explanations"),
             pl.col("hint_leak").fill_null(False).sum().alias("hint_leaks"),

@@ -7,6 +7,7 @@ our configs, and keeps the user's prose, metadata and other configs.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -82,8 +83,10 @@ def default_config(counts: dict[str, int]) -> str:
     return DEFAULT_CONFIG if DEFAULT_CONFIG in counts else next(iter(counts), DEFAULT_CONFIG)
 
 
-def card_metadata(doc: RunDoc, counts: dict[str, int], license: str) -> dict[str, Any]:
+def card_metadata(doc: RunDoc, counts: dict[str, int], license: str, validation: Iterable[str] = ()) -> dict[str, Any]:
+    """The card's YAML header; ``validation`` names the configs that have a validation split."""
     default = default_config(counts)
+    with_validation = set(validation)
     return {
         "license": license,
         "task_categories": TASK_CATEGORIES,
@@ -94,7 +97,11 @@ def card_metadata(doc: RunDoc, counts: dict[str, int], license: str) -> dict[str
         "configs": [
             {
                 "config_name": t,
-                "data_files": [{"split": "train", "path": f"{t}/*.parquet"}],
+                "data_files": [
+                    {"split": split, "path": f"{t}/{split}-*.parquet"}
+                    for split in ("train", "validation")
+                    if split == "train" or t in with_validation
+                ],
                 **({"default": True} if t == default else {}),
             }
             for t in counts
@@ -142,6 +149,7 @@ def card_body(
     holds, accuracy by level, the plots, and how to load and train on it."""
     from jinja2 import Environment, StrictUndefined
 
+    from pipeline.curation import funnel_section
     from pipeline.summary import summary_table_rows
 
     cfg = doc.config
@@ -186,6 +194,8 @@ def card_body(
             for kind, k in (summary.by_kind.items() if summary else [])
         ],
         "conditionings": _conditionings(doc),
+        "funnel": "\n".join(funnel_section(doc)[2:]).strip(),
+        "validation": [t for t in counts if doc.build and doc.build.validation_rows.get(t)],
         "plots": [{"stem": Path(p).stem, "path": p} for p in plots],
         "repo_id": repo_id,
         "default_config": default_config(counts),

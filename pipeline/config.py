@@ -51,16 +51,50 @@ class ColumnMap(Strict):
     subject: str | None = None
 
 
-class ProblemsConfig(Strict):
+OVERLAP_NGRAM = 8
+
+
+def overlap_ngram_field(what: str) -> Any:
+    """The n-gram size of a benchmark-overlap check (pipeline/contamination.py), one definition for
+    every config that has one."""
+    return Field(
+        default=OVERLAP_NGRAM,
+        ge=1,
+        description=f"{what} that share a word n-gram of this size (after normalisation) overlap; null compares "
+        "whole questions (for problem sets drawn from templates, which share phrases)",
+    )
+
+
+class SourceConfig(Strict):
+    """Where problems are read from: a file, a folder or a Hub dataset, and how its rows map."""
+
     source: str = Field(description="JSONL/Parquet file, a folder, or a Hugging Face Hub dataset id")
     format: Literal["auto", "math", "gsm8k", "generic"] = "auto"
     subsets: list[str] | None = Field(default=None, description="Hub dataset configs (e.g. MATH subjects)")
     split: str | None = None
     revision: str | None = None
     columns: ColumnMap = Field(default_factory=ColumnMap)
+
+
+class BenchmarkSource(SourceConfig):
+    """A benchmark to decontaminate against: every question of it, whatever its level or gold."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _shorthand(cls, v: Any) -> Any:
+        return {"source": v} if isinstance(v, str) else v
+
+
+class ProblemsConfig(SourceConfig):
     levels: list[int] | None = None
     subjects: list[str] | None = None
     limit: int | None = Field(default=None, gt=0)
+    decontaminate: list[BenchmarkSource] = Field(
+        default_factory=list,
+        description="benchmarks (a path, or source/split/subsets as here): training problems that overlap "
+        "one are quarantined with reason contaminated",
+    )
+    decontaminate_ngram: int | None = overlap_ngram_field("problems and benchmark questions")
 
     @field_validator("levels")
     @classmethod
@@ -94,6 +128,19 @@ class GenerationConfig(Strict):
     explanation_sampling: SamplingConfig | None = Field(
         default=None, description="sampling for explanations; defaults to `sampling`"
     )
+    explanations_for: Literal["all", "unsolved"] | float = Field(
+        default="all",
+        description="which problems get explanations and every conditioning's requests: all; unsolved (no "
+        "correct CoT); or a number p (CoT pass rate <= p). Other than all, a shard's CoTs are generated "
+        "and verified first",
+    )
+
+    @field_validator("explanations_for")
+    @classmethod
+    def _explanations_for(cls, v: str | float) -> str | float:
+        if isinstance(v, float | int) and not 0 <= v <= 1:
+            raise ValueError("a pass-rate threshold must be between 0 and 1")
+        return v
 
     @property
     def explanation_params(self) -> SamplingConfig:
@@ -217,6 +264,38 @@ class BuildConfig(Strict):
         description="the grpo table's data_source: the name verl's default reward dispatches on (the "
         "problems' own source is in extra_info.source)",
     )
+    # Curation (pipeline/curation.py). Every rule is off by default; what it would remove is counted.
+    min_pass_rate: float = Field(
+        default=0.0, ge=0, le=1, description="dpo/sft rows only from problems whose CoT pass rate is at least this"
+    )
+    max_pass_rate: float = Field(
+        default=1.0, ge=0, le=1, description="... and at most this (ExPO is for problems the model cannot yet solve)"
+    )
+    grpo_equal_rewards: Literal["keep", "drop"] = Field(
+        default="keep", description="grpo/grpo_questa groups whose rewards are all equal (no advantage signal)"
+    )
+    truncated: Literal["keep", "not_chosen", "drop"] = Field(
+        default="keep",
+        description="texts cut at max_tokens (finish_reason length): not_chosen = never a positive; drop = "
+        "neither a positive nor a rejected side",
+    )
+    max_tokens: int | None = Field(default=None, ge=1, description="longest text (tokens) a pair or sft row uses")
+    max_length_ratio: float | None = Field(
+        default=None, ge=1, description="largest longer/shorter token ratio of a pair's two sides"
+    )
+    dedup: bool = Field(
+        default=False,
+        description="a problem's texts with the same normalised text are one candidate (never in grpo groups)",
+    )
+    validation_fraction: float = Field(
+        default=0.0, ge=0, lt=1, description="problems (by id, deterministic) whose rows go to a validation split"
+    )
+
+    @model_validator(mode="after")
+    def _window(self) -> BuildConfig:
+        if self.min_pass_rate > self.max_pass_rate:
+            raise ValueError(f"min_pass_rate ({self.min_pass_rate}) is above max_pass_rate ({self.max_pass_rate})")
+        return self
 
 
 class RetriesConfig(Strict):
@@ -319,7 +398,7 @@ class RunConfig(Strict):
 
 
 # Fields that hold paths (dotted), resolved against the config file's folder when relative.
-PATH_FIELDS = ("output_dir", "model.path", "problems.source", "publish.dry_run")
+PATH_FIELDS = ("output_dir", "model.path", "problems.source", "problems.decontaminate[]", "publish.dry_run")
 
 
 def load_config(path: str | Path, overrides: Iterable[str] = (), cwd: str | Path | None = None) -> RunConfig:

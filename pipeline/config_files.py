@@ -150,17 +150,37 @@ def load_yaml_model(
     if path is not None:
         base = Path(path).resolve().parent
         for dotted in path_fields:
-            value = get_dotted(raw, dotted)
+            key = dotted.removesuffix("[]")
+            value = get_dotted(raw, key)
             if value is not None:
-                set_dotted(raw, dotted, resolve_path(value, base, hub_ok=dotted not in LOCAL_ONLY))
+                set_dotted(raw, key, _resolved(dotted, value, base))
     here = Path(cwd) if cwd else Path.cwd()
     given = [(k, v) for k, v in (values or {}).items() if v is not None]
-    given += [parse_override(item, path_fields) for item in overrides]
+    given += [parse_override(item, [f for f in path_fields if not f.endswith("[]")]) for item in overrides]
     for key, value in given:
         if key in path_fields:
-            value = resolve_path(str(value), here, hub_ok=key not in LOCAL_ONLY)
+            value = _resolved(key, str(value), here)
+        elif f"{key}[]" in path_fields:
+            value = _resolved(f"{key}[]", value, here)
         set_dotted(raw, key, value)
     return validate(model, raw, source=str(path) if path is not None else "<command line>")
+
+
+def _resolved(field: str, value: Any, base: Path) -> Any:
+    """A path field's value with local paths made absolute. A field ending in ``[]`` is a list whose
+    items are a path or a mapping with a ``source`` path (``problems.decontaminate``)."""
+    if not field.endswith("[]"):
+        return resolve_path(value, base, hub_ok=field not in LOCAL_ONLY)
+    if not isinstance(value, list):
+        return value  # validation names the wrong type
+    out = []
+    for item in value:
+        if isinstance(item, dict) and "source" in item:
+            item = {**item, "source": resolve_path(item["source"], base)}
+        elif isinstance(item, str):
+            item = resolve_path(item, base)
+        out.append(item)
+    return out
 
 
 def with_values(cfg: M, values: dict[str, Any]) -> M:

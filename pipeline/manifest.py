@@ -30,6 +30,7 @@ from pipeline.prompts import PromptTemplate, chat_template_digest, get_template,
 from pipeline.sampling import describe as describe_sampling
 from pipeline.sources import locate_model
 from pipeline.store import RunDir, file_sha256, parquet_files, parquet_rows
+from pipeline.summary import explanation_saving
 from pipeline.verify import VERIFIER_VERSION
 from pipeline.versions import dist_version, runtime_versions
 from schemas.run_doc import (
@@ -306,6 +307,7 @@ def finish_run(cfg: RunConfig, run: RunDir, results: RunResults) -> RunDoc:
         ),
         summary=results.summary,
         build=results.build,
+        explanations_for=explanation_saving(cfg.generation.explanations_for, run, shards),
         conditionings=compare_run(run, conditionings.describe(cfg, get_template(cfg.prompts.template))),
         scoring=cfg.scoring,
         sampling=describe_sampling(cfg.generation, cfg.model.path, cfg.model.revision),

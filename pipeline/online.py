@@ -28,7 +28,7 @@ from typing import Any
 from pydantic import Field
 
 from pipeline import progress
-from pipeline.config import ConfigError, ProblemsConfig, RunConfig, load_config
+from pipeline.config import ConfigError, ProblemsConfig, RunConfig, load_config, overlap_ngram_field
 from pipeline.config_files import Strict, load_yaml_model, with_values
 from pipeline.evaluate import EvalSpec
 from pipeline.store import RunDir, open_state, write_json
@@ -46,7 +46,8 @@ class EvalSection(Strict):
     top_p: float = Field(default=1.0, gt=0, le=1)
     max_tokens: int = Field(default=1024, gt=0)
     seed: int = Field(default=0, ge=0)
-    allow_overlap: bool = Field(default=False, description="let eval problems also appear in the training data")
+    allow_overlap: bool = Field(default=False, description="let eval problems overlap the training problems")
+    overlap_ngram: int | None = overlap_ngram_field("eval and training problems")
 
     def spec(self, template: str, system: str | None = None) -> EvalSpec:
         return EvalSpec(
@@ -254,7 +255,7 @@ def _brief(result: dict[str, Any] | None) -> dict[str, Any] | None:
 def _check_held_out(run: RunConfig, ev: EvalSection) -> None:
     from pipeline.contamination import check_held_out
 
-    check_held_out(run.problems, ev.problems, allow_key="eval.allow_overlap")
+    check_held_out(run.problems, ev.problems, allow_key="eval.allow_overlap", n=ev.overlap_ngram)
 
 
 def summary_rows(state: dict[str, Any]) -> list[dict[str, Any]]:

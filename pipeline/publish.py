@@ -27,7 +27,7 @@ from pipeline.card import card_body, card_metadata, merge_body, merge_metadata, 
 from pipeline.errors import PublishError, UserError
 from pipeline.secrets import redact
 from pipeline.sources import looks_like_hub_id
-from pipeline.store import RunDir, parquet_files, parquet_rows, rows_by_level, write_json
+from pipeline.store import VALIDATION, RunDir, parquet_files, parquet_rows, rows_by_level, write_json
 from schemas.run_doc import RunDoc
 
 DEFAULT_LICENSE = "other"  # the terms of the problems and the model apply until the publisher says
@@ -38,6 +38,7 @@ class Release:
     folder: Path
     files: list[str] = field(default_factory=list)  # paths in the repo, "/"-separated
     configs: list[str] = field(default_factory=list)
+    validation: list[str] = field(default_factory=list)  # configs that have a validation split
     card: str = ""
     name: str = ""  # the run's name
 
@@ -61,9 +62,13 @@ def publishable_doc(doc: RunDoc) -> dict[str, Any]:
         return isinstance(value, str) and (os.path.isabs(value) or value.startswith(("./", "../", "~")))
 
     for dotted in PATH_FIELDS:
-        value = get_dotted(data.get("config") or {}, dotted)
+        value = get_dotted(data.get("config") or {}, dotted.removesuffix("[]"))
         if local(value):
             set_dotted(data["config"], dotted, Path(value).name)
+        elif dotted.endswith("[]") and isinstance(value, list):  # benchmark sources: {source: ...} each
+            for item in value:
+                if isinstance(item, dict) and local(item.get("source")):
+                    item["source"] = Path(item["source"]).name
     rebuilt = data.get("rebuilt_from") or {}
     if local(rebuilt.get("source")):
         rebuilt["source"] = Path(rebuilt["source"]).name
@@ -71,7 +76,8 @@ def publishable_doc(doc: RunDoc) -> dict[str, Any]:
 
 
 def _stage_tables(run: RunDir, dest: Path, release: Release) -> tuple[dict[str, int], dict[str, dict[str, int]]]:
-    """Copy every non-empty published table as ``{table}/train-*.parquet``; returns rows and rows by
+    """Copy every non-empty published table as ``{table}/train-*.parquet``, and a training set's
+    validation split as ``{table}/validation-*.parquet``; returns the train split's rows and rows by
     level per table. `datasets` cannot load a config with no rows, so an empty table is left out."""
     counts: dict[str, int] = {}
     levels: dict[str, dict[str, int]] = {}
@@ -79,19 +85,26 @@ def _stage_tables(run: RunDir, dest: Path, release: Release) -> tuple[dict[str, 
         src = run.location(table)
         if (dest / table).exists():
             shutil.rmtree(dest / table)
-        files = [f for f in parquet_files(src) if parquet_rows(f) > 0] if src.exists() else []
-        if not files:
+        splits = {"train": src, VALIDATION: src / VALIDATION}
+        files = {
+            split: [f for f in parquet_files(folder) if parquet_rows(f) > 0] if folder.exists() else []
+            for split, folder in splits.items()
+        }
+        if not files["train"]:
             continue
-        for f in files:  # never publish a foreign or outdated table under our config names
-            schemas.check(pq.read_schema(f), table, where=str(f))
         (dest / table).mkdir()
-        for i, f in enumerate(files):
-            name = f"{table}/train-{i:05d}-of-{len(files):05d}.parquet"
-            shutil.copyfile(f, dest / name)
-            release.files.append(name)
-        counts[table] = sum(parquet_rows(f) for f in files)
-        levels[table] = rows_by_level(dest / table)
+        for split, found in files.items():
+            for f in found:  # never publish a foreign or outdated table under our config names
+                schemas.check(pq.read_schema(f), table, where=str(f))
+            for i, f in enumerate(found):
+                name = f"{table}/{split}-{i:05d}-of-{len(found):05d}.parquet"
+                shutil.copyfile(f, dest / name)
+                release.files.append(name)
+        counts[table] = sum(parquet_rows(f) for f in files["train"])
+        levels[table] = rows_by_level(src)
         release.configs.append(table)
+        if files[VALIDATION]:
+            release.validation.append(table)
     return counts, levels
 
 
@@ -135,7 +148,7 @@ def stage(
     release.files.append("run.json")
     plots = _stage_plots(run, dest, release)
     their_meta, their_body = split_card(existing_card) if existing_card else ({}, "")
-    meta = card_metadata(doc, counts, license or default_license(doc))
+    meta = card_metadata(doc, counts, license or default_license(doc), release.validation)
     body = card_body(doc, repo_id, counts, levels, plots)
     release.card = render_card(merge_metadata(meta, their_meta), merge_body(body, their_body))
     (dest / "README.md").write_text(release.card, encoding="utf-8")

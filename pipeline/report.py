@@ -19,6 +19,7 @@ import pyarrow.parquet as pq
 
 import schemas
 from pipeline.comparison import compare_run, comparison_plot, comparison_section
+from pipeline.curation import funnel_section
 from pipeline.store import RunDir, atomic_write, parquet_rows, rows_by_level
 from pipeline.summary import scan_samples, summarize, summary_table_rows
 from schemas.run_doc import ConditioningsDoc, RunDoc, RunSummary
@@ -300,7 +301,7 @@ def _markdown(doc: RunDoc | None, fallback_name: str, data: ReportData) -> str:
             "Explanation: every conditioned text, whatever it was conditioned on; each conditioning apart below.",
         ]
     lines += ["", "![accuracy by level](accuracy_by_level.png)", ""]
-    lines += _properties_section(data) + _rows_section(doc, data) + _leaks_section(data)
+    lines += _properties_section(data) + _rows_section(doc, data) + funnel_section(doc) + _leaks_section(data)
     lines += _extraction_section(doc, data) + comparison_section(data.conditionings)
     return "\n".join(lines)
 

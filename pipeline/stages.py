@@ -23,6 +23,8 @@ from pipeline import progress
 from pipeline.completions import (
     Extra,
     Generated,
+    HintMeta,
+    RequestMeta,
     build_requests,
     hint_requests,
     hint_rows,
@@ -32,7 +34,8 @@ from pipeline.completions import (
     score_shard,
 )
 from pipeline.config import RunConfig
-from pipeline.engines import Engine, derive_seed
+from pipeline.contamination import build_index
+from pipeline.engines import Engine, Request, Result, derive_seed
 from pipeline.errors import RunDirError
 from pipeline.manifest import ShardOutcome, describe_engine, model_fingerprint, model_label, shard_key
 from pipeline.problems import ProblemSet, load_problems
@@ -48,7 +51,7 @@ from pipeline.store import (
 )
 from pipeline.timeline import stamp, this_worker
 from pipeline.verify import VerifierPool
-from schemas.run_doc import EngineInfo, ProblemsSummary, ShardRecord
+from schemas.run_doc import BenchmarkInfo, ContaminationInfo, EngineInfo, ProblemsSummary, ShardRecord
 
 # ----------------------------------------------------------------------------------------------
 # Problems and the shard plan
@@ -57,16 +60,30 @@ from schemas.run_doc import EngineInfo, ProblemsSummary, ShardRecord
 def write_problems(cfg: RunConfig, run: RunDir, pool: VerifierPool) -> ProblemsSummary:
     """Load, validate and write ``problems`` and ``problems_rejected``; returns the summary."""
     progress.emit("problems.start", source=cfg.problems.source)
+    index, contamination = None, None
+    if cfg.problems.decontaminate:
+        t0 = time.monotonic()
+        index = build_index(cfg.problems.decontaminate, cfg.problems.decontaminate_ngram)
+        contamination = ContaminationInfo(
+            ngram=cfg.problems.decontaminate_ngram,
+            benchmarks=[BenchmarkInfo(source=s, questions=n) for s, n in index.sources.items()],
+            index_s=round(time.monotonic() - t0, 3),
+        )
+        progress.emit("problems.benchmarks", questions=len(index), benchmarks=len(index.sources))
     pset: ProblemSet = load_problems(
         cfg.problems,
         pool.check_golds,
         progress=lambda valid, read: progress.emit("problems.progress", valid=valid, read=read),
+        overlap=index,
     )
     unscored = {"expert_nll_mean": None, "expert_nll_tokens": None, "expert_answer_logprob": None}
     problems = schemas.from_rows("problems", [{**p, **unscored} for p in pset.problems])
     write_parquet(problems, run.problems, row_group_size=PROBLEMS_ROW_GROUP)
     write_parquet(schemas.from_rows("problems_rejected", pset.rejected), run.problems_rejected)
     summary = ProblemsSummary(**pset.summary())
+    if contamination is not None:
+        contamination.contaminated = summary.rejected_by_reason.get("contaminated", 0)
+        summary.contamination = contamination
     progress.emit("problems.done", **summary.model_dump())
     return summary
 
@@ -101,10 +118,82 @@ def needs_engine(run: RunDir, plan: ShardPlan) -> bool:
     return not (run.shard_done(plan.index, plan.key) or run.pending_done(plan.index, plan.key))
 
 
-def generate_shard(cfg: RunConfig, run: RunDir, plan: ShardPlan, engine: Engine | None) -> ShardOutcome:
+def wants_explanations(setting: str | float, verdicts: list[str]) -> bool:
+    """``generation.explanations_for`` on one problem's CoT verdicts: all; unsolved (no correct CoT);
+    or a pass-rate threshold p (pass rate <= p)."""
+    if setting == "all":
+        return True
+    rate = sum(v == "correct" for v in verdicts) / len(verdicts) if verdicts else 0.0
+    return rate == 0.0 if setting == "unsolved" else rate <= float(setting)
+
+
+@dataclass
+class _Calls:
+    """What the engine stage asked for and got: the sample requests with their results, the hint
+    requests with theirs, and what ``explanations_for`` left out."""
+
+    requests: list[Request]
+    results: list[Result]
+    hint_reqs: list[Request]
+    hint_results: list[Result]
+    skipped_problems: int = 0
+    skipped_texts: int = 0
+    skipped_hints: int = 0
+
+
+def _first_calls(
+    cfg: RunConfig,
+    requests: list[Request],
+    meta: dict[str, RequestMeta],
+    hint_reqs: list[Request],
+    hint_meta: dict[str, HintMeta],
+    engine: Engine,
+    pool: VerifierPool | None,
+    call_seed: int,
+) -> _Calls:
+    """One engine call for the CoTs, the conditioned requests and NuRL's hint requests; with
+    ``explanations_for`` other than all, the CoTs first, verified, and then the rest only for the
+    problems that can use them."""
+    setting = cfg.generation.explanations_for
+    if setting == "all":
+        results = engine.generate(requests + hint_reqs, call_seed=call_seed)
+        return _Calls(requests, results[: len(requests)], hint_reqs, results[len(requests) :])
+    if pool is None:
+        raise ValueError("generation.explanations_for needs the verifier in the engine stage")
+    cots = [r for r in requests if meta[r.request_id].kind == "cot"]
+    cot_results = engine.generate(cots, call_seed=call_seed)
+    groups = []
+    for req, res in zip(cots, cot_results, strict=True):
+        groups.append((meta[req.request_id].problem["answer"], [c.text for c in res.completions]))
+    verdicts = pool.verify_groups(groups)
+    wanted = {
+        meta[req.request_id].problem["problem_id"]
+        for req, vs in zip(cots, verdicts, strict=True)
+        if wants_explanations(setting, [v.verdict for v in vs])
+    }
+    with_cot = {meta[r.request_id].problem["problem_id"] for r in cots}
+    rest = [r for r in requests if meta[r.request_id].kind != "cot"]
+    keep = [r for r in rest if meta[r.request_id].problem["problem_id"] in wanted]
+    hints = [r for r in hint_reqs if hint_meta[r.request_id].problem["problem_id"] in wanted]
+    more = engine.generate(keep + hints, call_seed=derive_seed(call_seed, "explanations")) if keep or hints else []
+    return _Calls(
+        cots + keep,
+        cot_results + more[: len(keep)],
+        hints,
+        more[len(keep) :],
+        skipped_problems=len(with_cot - wanted),
+        skipped_texts=sum(r.sampling.n for r in rest if r not in keep),
+        skipped_hints=len(hint_reqs) - len(hints),
+    )
+
+
+def generate_shard(
+    cfg: RunConfig, run: RunDir, plan: ShardPlan, engine: Engine | None, pool: VerifierPool | None = None
+) -> ShardOutcome:
     """The engine stage of a shard: everything that needs the engine, so the engine can go on to
     the next shard while this one is verified in other processes. ``engine`` may be None only when
-    :func:`needs_engine` says there is nothing to do."""
+    :func:`needs_engine` says there is nothing to do; ``pool`` is needed with
+    ``generation.explanations_for`` other than all."""
     if run.shard_done(plan.index, plan.key):
         progress.emit("shard.skipped", index=plan.index)
         return ShardOutcome(plan.index, plan.key, skipped=True)
@@ -120,10 +209,9 @@ def generate_shard(cfg: RunConfig, run: RunDir, plan: ShardPlan, engine: Engine 
     hint_reqs, hint_meta = hint_requests(problems, cfg, engine)
     progress.emit("shard.start", index=plan.index, problems=len(problems), requests=len(requests) + len(hint_reqs))
     call_seed = derive_seed(cfg.generation.sampling.seed, plan.key)
-    # One engine call for the CoTs, the conditioned requests and NuRL's hint requests; a second
-    # one only for the requests that show a hint, which needs the first call's output.
-    results = engine.generate(requests + hint_reqs, call_seed=call_seed)
-    results, hint_results = results[: len(requests)], results[len(requests) :]
+    calls = _first_calls(cfg, requests, meta, hint_reqs, hint_meta, engine, pool, call_seed)
+    requests, results, hint_reqs, hint_results = calls.requests, calls.results, calls.hint_reqs, calls.hint_results
+    # The requests that show a hint need the hint requests' output: a call of their own.
     hints = hint_rows(hint_reqs, hint_meta, hint_results, engine.name, model_label(cfg.model.path))
     hinted, hinted_meta = hinted_requests(problems, hints, cfg, engine, template)
     if hinted:
@@ -165,6 +253,9 @@ def generate_shard(cfg: RunConfig, run: RunDir, plan: ShardPlan, engine: Engine 
         scored_tokens=counts.targets,
         scored_expert_tokens=counts.expert_targets,
         answers_reused=counts.answers_reused,
+        explanations_skipped_problems=calls.skipped_problems,
+        explanations_skipped_texts=calls.skipped_texts,
+        hint_requests_skipped=calls.skipped_hints,
     )
     info = describe_engine(engine)
     # The engine stage's record travels in the pending file, so a verifier stage in another
@@ -258,7 +349,7 @@ def finish_shard(cfg: RunConfig, run: RunDir, plan: ShardPlan, pool: VerifierPoo
 
 def run_shard(cfg: RunConfig, run: RunDir, plan: ShardPlan, engine: Engine, pool: VerifierPool) -> ShardOutcome:
     """Both stages of one shard, one after the other (no overlap); a finished shard is skipped."""
-    generated = generate_shard(cfg, run, plan, engine)
+    generated = generate_shard(cfg, run, plan, engine, pool)
     if generated.skipped:
         return generated
     return finish_shard(cfg, run, plan, pool)

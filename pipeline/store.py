@@ -108,6 +108,9 @@ def open_state(
     return state
 
 
+VALIDATION = "validation"  # a training table's validation split: parts in this subfolder of the table
+
+
 def parquet_files(path: str | Path) -> list[Path]:
     path = Path(path)
     if path.is_file():
@@ -330,15 +333,27 @@ class RunDir:
         from pipeline.config_files import get_dotted, set_dotted
 
         root = str(self.root.resolve())
-        for dotted in PATH_FIELDS:
-            value = get_dotted(config, dotted)
+
+        def convert(value: Any) -> Any:
             if not isinstance(value, str) or not value:
-                continue
+                return value
             if absolute and (value == "." or value.startswith(("./", "../"))):
-                set_dotted(config, dotted, os.path.normpath(os.path.join(root, value)))
-            elif not absolute and os.path.isabs(value) and _shares_a_folder(value, root):
+                return os.path.normpath(os.path.join(root, value))
+            if not absolute and os.path.isabs(value) and _shares_a_folder(value, root):
                 rel = os.path.relpath(value, root)
-                set_dotted(config, dotted, rel if rel == "." or rel.startswith("..") else f"./{rel}")
+                return rel if rel == "." or rel.startswith("..") else f"./{rel}"
+            return value
+
+        for dotted in PATH_FIELDS:
+            key = dotted.removesuffix("[]")
+            value = get_dotted(config, key)
+            if key == dotted:
+                if isinstance(value, str):
+                    set_dotted(config, key, convert(value))
+            elif isinstance(value, list):  # a list of {source: path, ...}
+                for item in value:
+                    if isinstance(item, dict):
+                        item["source"] = convert(item.get("source"))
 
 
 def table_differences(

@@ -13,7 +13,7 @@ import polars as pl
 
 import schemas
 from pipeline.store import RunDir, parquet_files, scan_table
-from schemas.run_doc import RunSummary
+from schemas.run_doc import ExplanationSaving, RunSummary, ShardRecord
 
 
 def _acc(correct: int, total: int) -> float | None:
@@ -98,3 +98,30 @@ def summary_table_rows(summary: RunSummary) -> list[dict[str, Any]]:
         total[f"{kind}_samples"] = k.samples if k else 0
     out.append(total)
     return out
+
+
+def explanation_saving(setting: str | float, run: RunDir, shards: dict[str, ShardRecord]) -> ExplanationSaving | None:
+    """What ``generation.explanations_for`` saved over the run (None with ``all``): problems and
+    texts not requested, and the tokens that is, estimated from the explanation-like texts made."""
+    if setting == "all":
+        return None
+    made = (
+        scan_samples(run, ["kind", "completion_tokens"])
+        .filter(pl.col("kind") == "explanation")
+        .select(pl.len().alias("n"), pl.col("completion_tokens").mean().alias("mean"))
+        .collect()
+        .row(0, named=True)
+    )
+    records = list(shards.values())
+    skipped = sum(r.explanations_skipped_texts or 0 for r in records)
+    mean = made["mean"]
+    return ExplanationSaving(
+        setting=str(setting),
+        problems=sum(r.problems for r in records),
+        problems_skipped=sum(r.explanations_skipped_problems or 0 for r in records),
+        texts_skipped=skipped,
+        hint_requests_skipped=sum(r.hint_requests_skipped or 0 for r in records),
+        texts_generated=made["n"],
+        mean_text_tokens=round(mean, 1) if mean is not None else None,
+        est_tokens_saved=round(skipped * mean) if mean is not None else None,
+    )

@@ -52,6 +52,20 @@ class VerifierInfo(Section):
     math_verify: str | None = None
 
 
+class BenchmarkInfo(Section):
+    source: str
+    questions: int = 0
+
+
+class ContaminationInfo(Section):
+    """``problems.decontaminate`` as applied: the benchmarks indexed and what overlapped."""
+
+    ngram: int | None = None  # None: whole questions compared
+    benchmarks: list[BenchmarkInfo] = Field(default_factory=list)
+    contaminated: int = 0
+    index_s: float | None = None
+
+
 class ProblemsSummary(Section):
     rows_read: int = 0
     valid: int = 0
@@ -59,6 +73,7 @@ class ProblemsSummary(Section):
     rejected_by_reason: dict[str, int] = Field(default_factory=dict)
     filtered_out: int = 0
     beyond_limit: int = 0
+    contamination: ContaminationInfo | None = None
 
 
 class Worker(Section):
@@ -89,6 +104,25 @@ class ShardRecord(Section):
     scored_tokens: int | None = None
     scored_expert_tokens: int | None = None
     answers_reused: int | None = None
+    # generation.explanations_for: problems whose explanation-like requests were not made, and the
+    # texts and hint requests that saved.
+    explanations_skipped_problems: int | None = None
+    explanations_skipped_texts: int | None = None
+    hint_requests_skipped: int | None = None
+
+
+class ExplanationSaving(Section):
+    """``generation.explanations_for`` over the run: what was not generated. The tokens are an
+    estimate: the texts not made times the mean length of the explanation-like texts that were."""
+
+    setting: str
+    problems: int = 0
+    problems_skipped: int = 0
+    texts_skipped: int = 0
+    hint_requests_skipped: int = 0
+    texts_generated: int = 0
+    mean_text_tokens: float | None = None
+    est_tokens_saved: int | None = None
 
 
 class LastInvocation(Section):
@@ -133,15 +167,39 @@ class HintLeaks(Section):
     correct_leaks: int
 
 
+class FunnelStep(Section):
+    """One curation rule (pipeline/curation.py): the rows it removed from each table, or with
+    ``applied`` false the rows it would remove."""
+
+    rule: str
+    unit: str  # what the rule looks at: problems, texts, pairs, groups
+    applied: bool
+    setting: str = ""
+    removed: dict[str, int] = Field(default_factory=dict)
+    removed_by_level: dict[str, dict[str, int]] = Field(default_factory=dict)
+
+
+class Funnel(Section):
+    """Rows per table with no curation rule, then each rule in order. Rows written (train plus
+    validation) = candidates minus what the applied steps removed."""
+
+    candidates: dict[str, int] = Field(default_factory=dict)
+    candidates_by_level: dict[str, dict[str, int]] = Field(default_factory=dict)
+    steps: list[FunnelStep] = Field(default_factory=list)
+
+
 class BuildStats(Section):
     """What the builders made: rows per table and level, and what they could not use, and why."""
 
     settings: BuildConfig | None = None
-    rows: dict[str, int] = Field(default_factory=dict)
+    rows: dict[str, int] = Field(default_factory=dict)  # the train split
     rows_by_level: dict[str, dict[str, int]] = Field(default_factory=dict)
+    validation_rows: dict[str, int] = Field(default_factory=dict)  # empty without a validation split
+    validation_problems: int = 0
     problems: BuildCoverage | None = None
     hint_leaks: HintLeaks | None = None
     dpo_pairs_without_candidate: dict[str, int] = Field(default_factory=dict)
+    funnel: Funnel | None = None
 
 
 class ComparisonRow(Section):
@@ -226,6 +284,7 @@ class RunDoc(Section):
     last_invocation: LastInvocation | None = None
     summary: RunSummary | None = None
     build: BuildStats | None = None
+    explanations_for: ExplanationSaving | None = None
     conditionings: ConditioningsDoc | None = None
     scoring: ScoringConfig | None = None
     # What requests were sampled with: per kind the effective parameters, and what the model's

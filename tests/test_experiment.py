@@ -101,16 +101,17 @@ def test_the_experiment_refuses_held_out_problems_it_trains_on(tmp_path):
         [f"output_dir={tmp_path / 'x'}", f"eval.problems.source={DATA / 'problems' / 'testbed-train.jsonl'}"],
     )
     never = lambda *a, **k: pytest.fail("nothing may run before the held-out check")  # noqa: E731
-    with pytest.raises(ConfigError, match="also appear in the training problems"):
+    with pytest.raises(ConfigError, match="overlap the training problems"):
         Experiment(cfg, generate=never, train=never, evaluate=never, online=never).execute()
 
 
 def test_held_out_check_compares_normalised_questions():
-    from pipeline.contamination import overlapping
+    from pipeline.contamination import index_problems, overlapping
 
     train = [{"problem_id": "t1", "question": "Start with 6.  Add 3,\nthen 4."}, {"problem_id": "t2", "question": "x"}]
     heldout = [{"problem_id": "h1", "question": "start with 6. add 3, then 4."}, {"problem_id": "h2", "question": "y"}]
-    assert overlapping(train, heldout) == [("h1", "t1")]
+    found = overlapping(index_problems(train, "train"), heldout)
+    assert [(p["problem_id"], m.entry.problem_id) for p, m in found] == [("h1", "t1")]
 
 
 class _Scripted:

@@ -306,7 +306,7 @@ def test_online_config_refuses_keys_the_loop_sets_and_overlapping_eval(tmp_path)
             )
         }
     )
-    with pytest.raises(ConfigError, match="also appear in the training problems"):
+    with pytest.raises(ConfigError, match="overlap the training problems"):
         online._check_held_out(online.base_run_config(overlapping), overlapping.eval)
 
 

@@ -9,7 +9,7 @@ from typing import Any, Literal
 
 from pydantic import Field, model_validator
 
-from pipeline.config import ProblemsConfig, RunConfig, load_config
+from pipeline.config import ProblemsConfig, RunConfig, load_config, overlap_ngram_field
 from pipeline.config_files import Strict, load_yaml_model
 from pipeline.evaluate import EvalSpec
 from pipeline.train.config import TrainConfig, train_config_from_dict
@@ -32,7 +32,8 @@ SEEDED_DEFAULT = ["base", "exp_sft", "exp_dpo", "expert_dpo", "swapped_dpo", "sf
 
 class ExperimentEval(Strict):
     problems: ProblemsConfig = Field(description="held-out problems of the same family, never trained on")
-    allow_overlap: bool = Field(default=False, description="let held-out problems also appear in training")
+    allow_overlap: bool = Field(default=False, description="let held-out problems overlap the training problems")
+    overlap_ngram: int | None = overlap_ngram_field("held-out and training problems")
     engine: Literal["vllm", "hf"] | None = Field(default=None, description="default: the generation run's")
     samples: int = Field(default=4, ge=1)
     k: list[int] = Field(default_factory=lambda: [1, 4], min_length=1)

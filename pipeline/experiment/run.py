@@ -114,7 +114,8 @@ class Experiment:
 
         if self.cfg.eval.allow_overlap:
             return None
-        return check_held_out(self.run.problems, self.cfg.eval.problems, allow_key="eval.allow_overlap")
+        ev = self.cfg.eval
+        return check_held_out(self.run.problems, ev.problems, allow_key="eval.allow_overlap", n=ev.overlap_ngram)
 
     def execute(self, force_new: bool = False) -> dict[str, Any]:
         t0 = time.monotonic()

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from pipeline.config import ProblemsConfig
+from pipeline.contamination import OverlapIndex
 from pipeline.errors import ProblemsError
 from pipeline.problems.adapters import (
     Mapping,
@@ -42,6 +43,7 @@ REASONS = {
     "gold_error": "parsing the gold answer failed",
     "duplicate_id": "another row already has this problem id",
     "too_long": "the question or the gold answer is longer than a problem can sensibly be",
+    "contaminated": "the question overlaps a benchmark of problems.decontaminate (the detail names its row)",
 }
 MAX_QUESTION_CHARS = 20_000  # the longest MATH problem is ~4k characters
 MAX_GOLD_CHARS = 1_000  # a final answer, not a derivation; longer ones are never parsed
@@ -70,8 +72,14 @@ class ProblemSet:
 class _Validator:
     """One pass over a source's rows: map, filter, check, and gold-check candidates in batches."""
 
-    def __init__(self, cfg: ProblemsConfig, fmt: str | None, check_golds: Callable[[list[str]], list[Any]]):
-        self.cfg, self.fmt, self.check_golds = cfg, fmt, check_golds
+    def __init__(
+        self,
+        cfg: ProblemsConfig,
+        fmt: str | None,
+        check_golds: Callable[[list[str]], list[Any]],
+        overlap: OverlapIndex | None = None,
+    ):
+        self.cfg, self.fmt, self.check_golds, self.overlap = cfg, fmt, check_golds, overlap
         self.out = ProblemSet()
         self.mapping: Mapping | None = None
         self.seen: set[str] = set()
@@ -133,6 +141,9 @@ class _Validator:
             limit = MAX_QUESTION_CHARS if which == "question" else MAX_GOLD_CHARS
             self.reject(raw, "too_long", f"{which} has {size} characters (limit {limit})", pid)
             return
+        if self.overlap is not None and (match := self.overlap.match(question)) is not None:
+            self.reject(raw, "contaminated", match.detail(), pid)
+            return
         if pid in self.seen:  # an earlier valid row has this id already: no gold check needed
             self.reject(raw, "duplicate_id", f"problem id {pid!r} already used by an earlier valid row", pid)
             return
@@ -167,11 +178,14 @@ def load_problems(
     cfg: ProblemsConfig,
     check_golds: Callable[[list[str]], list[Any]],
     progress: Callable[[int, int], None] | None = None,
+    overlap: OverlapIndex | None = None,
 ) -> ProblemSet:
-    """Read, map, filter and validate; ``check_golds`` is :meth:`VerifierPool.check_golds`."""
+    """Read, map, filter and validate; ``check_golds`` is :meth:`VerifierPool.check_golds`. A row
+    whose question overlaps ``overlap`` (the benchmarks of ``problems.decontaminate``) is
+    quarantined as ``contaminated`` before it counts toward the limit."""
     rows, spec = iter_source(cfg)
     fmt = cfg.format if cfg.format != "auto" else (spec.format if spec else None)
-    v = _Validator(cfg, fmt, check_golds)
+    v = _Validator(cfg, fmt, check_golds, overlap)
     for raw in rows:
         v.take(raw)
         v.flush(final=False, progress=progress)
