@@ -29,7 +29,7 @@ from pipeline.errors import START_OVER, ExpoDataError, RunDirConflictError
 from pipeline.prompts import PromptTemplate, chat_template_digest, get_template, load_tokenizer, repeated_instruction
 from pipeline.sampling import describe as describe_sampling
 from pipeline.sources import locate_model
-from pipeline.store import RunDir, file_sha256, parquet_files, parquet_rows
+from pipeline.store import VALIDATION, RunDir, file_sha256, parquet_files, parquet_rows
 from pipeline.summary import explanation_saving
 from pipeline.verify import VERIFIER_VERSION
 from pipeline.versions import dist_version, runtime_versions
@@ -209,9 +209,11 @@ def table_manifest(run: RunDir) -> dict[str, TableEntry]:
         folder = run.folder(spec.name)
         if not folder.exists():
             continue
-        files = parquet_files(folder)
+        held = folder / VALIDATION  # a training set's validation split
+        files = parquet_files(folder) + (parquet_files(held) if held.is_dir() else [])
         out[spec.name] = TableEntry(
             rows=parquet_rows(folder),
+            validation_rows=parquet_rows(held) if held.is_dir() else None,
             files={f.relative_to(run.root).as_posix(): file_sha256(f) for f in files},
         )
     return out

@@ -238,7 +238,8 @@ class ConditioningsDoc(Section):
 
 class TableEntry(Section):
     rows: int
-    files: dict[str, str]  # path relative to the run dir -> sha256
+    files: dict[str, str]  # path relative to the run dir -> sha256 (validation parts included)
+    validation_rows: int | None = None  # rows of the validation split, where the table has one
 
 
 class StageTimeline(Section):

@@ -61,7 +61,7 @@ def test_trl_accuracy_reward_on_hard_gold_formats():
     import polars as pl
     from trl.rewards import accuracy_reward
 
-    from pipeline.build import trl_solution
+    from pipeline.builders import trl_solution
 
     golds = ["x^2+6x+9", "\\{1,5,9\\}", "[-3,4)", "\\text{Evelyn}", "(2,-3)", "\\frac{\\sqrt{2}}{2}", "\\$30"]
     solutions = pl.DataFrame({"gold": golds}).select(trl_solution("gold")).to_series().to_list()
