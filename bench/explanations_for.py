@@ -94,7 +94,9 @@ def main() -> None:
                 continue
             saved = 1 - x["expl_tokens"] / base["expl_tokens"] if base["expl_tokens"] else 0.0
             all_saved = 1 - x["tokens"] / base["tokens"] if base["tokens"] else 0.0
-            print(f"explanation_tokens_saved@{x['setting']}: {saved:.1%}  all_tokens_saved@{x['setting']}: {all_saved:.1%}")
+            print(
+                f"explanation_tokens_saved@{x['setting']}: {saved:.1%}  all_tokens_saved@{x['setting']}: {all_saved:.1%}"
+            )
 
 
 if __name__ == "__main__":
