@@ -61,14 +61,20 @@ def build_datasets(run: RunDir, cfg: BuildConfig) -> BuildStats:
         progress.emit("build.shard", shard=shard_file.name)
         samples = scan_table([shard_file], "samples")
         problems = index.for_ids(samples.select("problem_id").collect()["problem_id"])
-        base = _collect(builders.tables(samples, problems, cfg, curation.NO_RULES, fractions))
-        after, built = [], base
+        built = _collect(builders.tables(samples, problems, cfg, curation.NO_RULES, fractions))
+        base = built_counts = {name: curation.level_counts(f) for name, f in built.items()}
+        after = []
         for step in funnel.steps:
-            frames = _collect(builders.tables(samples, problems, cfg, step.rules, fractions))
-            after.append({name: curation.level_counts(f) for name, f in frames.items()})
+            frames, step_counts = built, built_counts
+            if curation.can_change(step, samples):
+                lazy = builders.tables(samples, problems, cfg, step.rules, fractions)
+                changed = _collect({name: lazy[name] for name in curation.AFFECTS.get(step.rule, lazy)})
+                frames = {**built, **changed}
+                step_counts = {**built_counts, **{name: curation.level_counts(f) for name, f in changed.items()}}
+            after.append(step_counts)
             if step.applied:
-                built = frames
-        funnel.add({name: curation.level_counts(f) for name, f in base.items()}, after)
+                built, built_counts = frames, step_counts
+        funnel.add(base, after)
         held = curation.validation_ids(problems.select("problem_id").collect()["problem_id"], cfg.validation_fraction)
         validation_problems += len(held)
         for name, frame in built.items():

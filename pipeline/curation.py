@@ -109,6 +109,25 @@ def chain(cfg: BuildConfig) -> list[Step]:
     return steps
 
 
+AFFECTS = {"equal_rewards": ("grpo", "grpo_questa")}
+"""The tables a rule can change, where that is fewer than all: the funnel rebuilds only those."""
+
+
+def can_change(step: Step, samples: pl.LazyFrame) -> bool:
+    """Whether a step's rule can remove anything from this shard's tables; when it cannot, the
+    funnel reuses the tables it has instead of building them again (the counts are the same)."""
+    r = step.rules
+    if step.rule == "truncated":
+        hit = pl.col("finish_reason") == "length"
+    elif step.rule == "max_tokens" and r.max_tokens is not None:
+        hit = pl.col("completion_tokens") > r.max_tokens
+    elif step.rule == "dedup":
+        hit = normalised_text("completion").is_duplicated().over(["problem_id", "kind"])
+    else:
+        return True
+    return samples.select(hit.fill_null(False).any()).collect().item()
+
+
 def final_rules(cfg: BuildConfig) -> Rules:
     applied = [s.rules for s in chain(cfg) if s.applied]
     return applied[-1] if applied else Rules()

@@ -182,7 +182,7 @@ def _first_calls(
         hints,
         more[len(keep) :],
         skipped_problems=len(with_cot - wanted),
-        skipped_texts=sum(r.sampling.n for r in rest if r not in keep),
+        skipped_texts=sum(r.sampling.n for r in rest) - sum(r.sampling.n for r in keep),
         skipped_hints=len(hint_reqs) - len(hints),
     )
 
