@@ -27,7 +27,7 @@ sys.path.insert(0, str(ROOT))
 
 
 def child(args: argparse.Namespace) -> None:
-    from pipeline import stages
+    from pipeline import problem_table, stages
     from pipeline.config import config_from_dict
     from pipeline.engines import load_engine
     from pipeline.manifest import start_run
@@ -51,7 +51,7 @@ def child(args: argparse.Namespace) -> None:
     t = time.perf_counter()
     with VerifierPool(workers=1, timeout_s=5.0) as pool:
         run = start_run(cfg, force=True)
-        stages.write_problems(cfg, run, pool)
+        problem_table.write_problems(cfg, run, pool)
         [plan] = stages.plan_shards(cfg, run)
         outcome = stages.run_shard(cfg, run, plan, engine, pool)
     r = outcome.record

@@ -31,7 +31,7 @@ def main() -> None:
 
     import pyarrow.parquet as pq
 
-    from pipeline import stages
+    from pipeline import problem_table, stages
     from pipeline.config import load_config
     from pipeline.engines import load_engine
     from pipeline.manifest import start_run
@@ -53,7 +53,7 @@ def main() -> None:
             )
             engine = engine or load_engine(cfg.model, seed=0)
             run = start_run(cfg, force=True)
-            stages.write_problems(cfg, run, pool)
+            problem_table.write_problems(cfg, run, pool)
             [plan] = stages.plan_shards(cfg, run)
             t = time.perf_counter()
             outcome = stages.run_shard(cfg, run, plan, engine, pool)

@@ -58,6 +58,7 @@ def main() -> int:
     ap.add_argument("--no-scoring", action="store_true", help="leave the two ExPO scores out of the pipeline")
     args = ap.parse_args()
 
+    from pipeline import problem_table
     from pipeline import stages as gen
     from pipeline.completions import build_requests
     from pipeline.config import config_from_dict
@@ -91,7 +92,7 @@ def main() -> int:
     print(f"engine: {engine.name} on {device}, model {args.model} (loaded in {time.perf_counter() - t0:.1f}s)")
     with VerifierPool(workers=cfg.verifier.workers, timeout_s=cfg.verifier.timeout_s) as pool:
         run = start_run(cfg, force=True)
-        gen.write_problems(cfg, run, pool)
+        problem_table.write_problems(cfg, run, pool)
         plans = gen.plan_shards(cfg, run)
         template = get_template(cfg.prompts.template)
         problems = read_table(run.problems, "problems").to_pylist()

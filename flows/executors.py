@@ -141,6 +141,9 @@ def _ray_gpus_per_engine(cfg: RunConfig) -> float:
     return float(cfg.model.tensor_parallel_size) if has_gpus else 0.0
 
 
+ENGINE_RESOURCE = "expo_engine"
+
+
 def run_shards_ray(cfg: RunConfig, run: RunDir, plans: list[st.ShardPlan]) -> list[ShardOutcome]:
     """Shards on a Ray cluster through prefect-ray. Engine stages ask for ``gpus_per_engine`` GPUs
     (the model's tensor-parallel size) and run with ``max_calls=0``, so Ray keeps reusing the same
@@ -159,12 +162,16 @@ def run_shards_ray(cfg: RunConfig, run: RunDir, plans: list[st.ShardPlan]) -> li
     init_kwargs: dict[str, Any] = {"include_dashboard": False}
     if cfg.ray.address is None and cfg.ray.num_cpus is not None:
         init_kwargs["num_cpus"] = cfg.ray.num_cpus
+    engine_slots: dict[str, float] = {}
+    if cfg.ray.max_engines is not None:  # a custom resource only engine stages ask for
+        init_kwargs["resources"] = {ENGINE_RESOURCE: cfg.ray.max_engines}
+        engine_slots = {ENGINE_RESOURCE: 1}
     generate_t, verify_t = _with_retries(cfg, generate_shard_task), _with_retries(cfg, verify_shard_task)
     with RayTaskRunner(address=cfg.ray.address, init_kwargs=init_kwargs) as runner:
         gpus = _ray_gpus_per_engine(cfg)
         get_run_logger().info("ray: %s, %s GPU(s) per engine", runner.address or "local cluster", gpus)
         generated = []
-        with remote_options(num_cpus=cfg.ray.cpus_per_engine, num_gpus=gpus, max_calls=0):
+        with remote_options(num_cpus=cfg.ray.cpus_per_engine, num_gpus=gpus, max_calls=0, resources=engine_slots):
             for plan in plans:
                 generated.append(runner.submit(generate_t, {"cfg": cfg, "run": run, "plan": plan}))
         verified = []
@@ -191,5 +198,10 @@ def run_shards_ray(cfg: RunConfig, run: RunDir, plans: list[st.ShardPlan]) -> li
 
 
 def run_shards(cfg: RunConfig, run: RunDir, plans: list[st.ShardPlan]) -> list[ShardOutcome]:
-    """Every shard of the plan through the configured executor, in plan order."""
-    return (run_shards_ray if cfg.executor == "ray" else run_shards_local)(cfg, run, plans)
+    """Every shard of the plan, in plan order: the finished ones skipped without a task run, the
+    others through the configured executor."""
+    skipped = {o.index: o for o in st.finished(run, plans)}
+    todo = [p for p in plans if p.index not in skipped]
+    ran = (run_shards_ray if cfg.executor == "ray" else run_shards_local)(cfg, run, todo) if todo else []
+    outcomes = skipped | {o.index: o for o in ran}
+    return [outcomes[p.index] for p in plans]

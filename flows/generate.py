@@ -15,7 +15,7 @@ from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
 
 from flows.executors import run_shards
-from pipeline import build, manifest, report, stages, summary
+from pipeline import build, manifest, problem_table, report, stages, summary
 from pipeline.config import RunConfig, load_config
 from pipeline.engines import get_engine
 from pipeline.problem_table import finalize_problems
@@ -27,7 +27,7 @@ from schemas.run_doc import BuildStats, ProblemsSummary, RunSummary, Timings
 
 @task(name="load-problems", cache_policy=NO_CACHE)
 def load_problems_task(cfg: RunConfig, run: RunDir, pool: VerifierPool) -> ProblemsSummary:
-    s = stages.write_problems(cfg, run, pool)
+    s = problem_table.write_problems(cfg, run, pool)
     get_run_logger().info(
         "problems: %d valid, %d rejected %s, %d filtered out", s.valid, s.rejected, s.rejected_by_reason, s.filtered_out
     )

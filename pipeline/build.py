@@ -1,8 +1,8 @@
-"""Training sets from the sample tables, written shard by shard with their curation funnel.
+"""Training sets from the sample tables, written batch by batch with their curation funnel.
 
-Polars lazy scans, one samples shard at a time (a problem's samples all live in one shard), so
-memory does not grow with the run. Each table is written as a folder of parts and swapped in whole,
-so a reader never sees half a rebuild; with ``build.validation_fraction`` the validation split's
+Polars lazy scans, one batch of samples shards at a time (a problem's samples all live in one
+shard), so memory does not grow with the run. Each table is written as a folder of parts (one per
+batch) and swapped in whole, so a reader never sees half a rebuild; with ``build.validation_fraction`` the validation split's
 parts go to the table's ``validation/`` subfolder (whole problems, chosen by a hash of the id).
 What the rows are is :mod:`pipeline.builders`; which rules cut them, and the funnel, is
 :mod:`pipeline.curation`.
@@ -20,7 +20,7 @@ import schemas
 from pipeline import builders, conditionings, curation, progress
 from pipeline.config import BuildConfig
 from pipeline.problem_table import ProblemIndex
-from pipeline.store import VALIDATION, RunDir, parquet_files, rows_by_level, scan_table, write_parquet
+from pipeline.store import VALIDATION, RunDir, parquet_files, parquet_rows, rows_by_level, scan_table, write_parquet
 from schemas.run_doc import BuildCoverage, BuildStats, Funnel, HintLeaks
 
 
@@ -33,6 +33,25 @@ def questa_fractions(run: RunDir) -> dict[str, float]:
     return {v.label: v.p for v in conditionings.variants(doc.config) if v.kind == "partial_solution" and v.p}
 
 
+BUILD_BATCH_ROWS = 20_000  # samples rows built together: bounds memory, and parts per table
+
+
+def _batches(shards: list[Path]) -> list[list[Path]]:
+    """Consecutive samples shards, grouped until a group holds ``BUILD_BATCH_ROWS`` rows: one build
+    pass and one part per table for each group, not for each shard (10,000 shards of a few problems
+    would make 60,000 small parts and pay polars' per-query cost 10,000 times)."""
+    batches: list[list[Path]] = []
+    rows = 0
+    for f in shards:
+        n = parquet_rows(f)
+        if not batches or (rows and rows + n > BUILD_BATCH_ROWS):
+            batches.append([])
+            rows = 0
+        batches[-1].append(f)
+        rows += n
+    return batches
+
+
 def _collect(frames: dict[str, pl.LazyFrame]) -> dict[str, pl.DataFrame]:
     return dict(zip(frames, pl.collect_all(list(frames.values())), strict=True))
 
@@ -40,10 +59,10 @@ def _collect(frames: dict[str, pl.LazyFrame]) -> dict[str, pl.DataFrame]:
 def build_datasets(run: RunDir, cfg: BuildConfig) -> BuildStats:
     """Rebuild every training set from the samples shards; returns counts for run.json and report.
 
-    One shard at a time: its samples are scanned lazily, and only the problems it names are read,
-    so peak memory follows the shard size, not the run's. Each shard is built once with no rule and
-    once per funnel step (:func:`pipeline.curation.chain`); the last applied step's tables are
-    written."""
+    One batch of shards at a time (:data:`BUILD_BATCH_ROWS` samples rows): its samples are scanned
+    lazily, and only the problems it names are read, so peak memory follows the batch, not the run.
+    Each batch is built once with no rule and once per funnel step (:func:`pipeline.curation.chain`);
+    the last applied step's tables are written."""
     index = ProblemIndex(run.problems)
     fractions = questa_fractions(run)
     staging = {name: run.root / f".{name}.new" for name in schemas.DATASETS}
@@ -54,12 +73,17 @@ def build_datasets(run: RunDir, cfg: BuildConfig) -> BuildStats:
     validation: Counter[str] = Counter()
     validation_problems = 0
     paired: set[str] = set()
+    found: Counter[str] = Counter()  # coverage and leak counts, summed over batches
     funnel = curation.Funnel(cfg, schemas.DATASETS)
     shards = parquet_files(run.samples)
-    progress.emit("build.start", shards=len(shards))
-    for shard_file in shards:
-        progress.emit("build.shard", shard=shard_file.name)
-        samples = scan_table([shard_file], "samples")
+    batches = _batches(shards)
+    progress.emit("build.start", shards=len(shards), batches=len(batches))
+    for batch in batches:
+        shard_file = batch[0]  # a batch's parts are named after its first shard
+        progress.emit("build.shard", shard=shard_file.name, shards=len(batch))
+        # Read once, then every frame of every funnel step works on memory, not on the files.
+        samples = scan_table(batch, "samples").collect().lazy()
+        found += _coverage_counts(samples, cfg)
         problems = index.for_ids(samples.select("problem_id").collect()["problem_id"])
         built = _collect(builders.tables(samples, problems, cfg, curation.NO_RULES, fractions))
         base = built_counts = {name: curation.level_counts(f) for name, f in built.items()}
@@ -95,7 +119,7 @@ def build_datasets(run: RunDir, cfg: BuildConfig) -> BuildStats:
             (path / VALIDATION).rmdir()
         progress.emit("build.swap", table=name)
         _swap_in(path, run.table(name))
-    coverage, leaks = _coverage(run, cfg, index.rows, len(paired))
+    coverage, leaks = _coverage(found, index.rows, len(paired))
     return BuildStats(
         settings=cfg,
         rows={name: counts[name] for name in schemas.DATASETS},
@@ -126,22 +150,24 @@ def _swap_in(staged: Path, final: Path) -> None:
     shutil.rmtree(old, ignore_errors=True)
 
 
-def _coverage(run: RunDir, cfg: BuildConfig, n_problems: int, paired: int) -> tuple[BuildCoverage, HintLeaks]:
-    """How many problems each set could not use, and why: nothing goes missing silently."""
-    samples = scan_table(parquet_files(run.samples), "samples")
+def _coverage_counts(samples: pl.LazyFrame, cfg: BuildConfig) -> Counter[str]:
+    """One batch's share of the coverage and leak counts (batches never split a problem)."""
     c = builders.candidates(samples, cfg)
-    with_expl = c["explanations"].select("problem_id").unique().collect().height
-    with_rejected = c["rejected"].select("problem_id").unique().collect().height
-    leaks = (
-        samples.filter(builders.positive(cfg))
-        .select(
-            pl.len().alias("explanations"),
-            pl.col("hint_leak").fill_null(False).sum().alias("hint_leaks"),
-            ((pl.col("verdict") == "correct") & pl.col("hint_leak").fill_null(False)).sum().alias("correct_leaks"),
-        )
-        .collect()
-        .row(0, named=True)
+    with_expl = c["explanations"].select(pl.col("problem_id").n_unique().alias("with_expl"))
+    with_rejected = c["rejected"].select(pl.col("problem_id").n_unique().alias("with_rejected"))
+    leak = pl.col("hint_leak").fill_null(False)
+    leaks = samples.filter(builders.positive(cfg)).select(
+        pl.len().alias("explanations"),
+        leak.sum().alias("hint_leaks"),
+        ((pl.col("verdict") == "correct") & leak).sum().alias("correct_leaks"),
     )
+    frames = pl.collect_all([with_expl, with_rejected, leaks])
+    return Counter({k: int(v) for f in frames for k, v in f.row(0, named=True).items()})
+
+
+def _coverage(found: Counter[str], n_problems: int, paired: int) -> tuple[BuildCoverage, HintLeaks]:
+    """How many problems each set could not use, and why: nothing goes missing silently."""
+    with_expl, with_rejected = found["with_expl"], found["with_rejected"]
     coverage = BuildCoverage(
         total=n_problems,
         with_verified_explanation=with_expl,
@@ -150,4 +176,7 @@ def _coverage(run: RunDir, cfg: BuildConfig, n_problems: int, paired: int) -> tu
         without_verified_explanation=n_problems - with_expl,
         without_rejectable_cot=n_problems - with_rejected,
     )
-    return coverage, HintLeaks(**leaks)
+    leaks = HintLeaks(
+        explanations=found["explanations"], hint_leaks=found["hint_leaks"], correct_leaks=found["correct_leaks"]
+    )
+    return coverage, leaks

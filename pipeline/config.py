@@ -21,10 +21,22 @@ from pipeline.prompts import DEFAULT_TEMPLATE
 from pipeline.sources import looks_like_hub_id
 
 
+class SimConfig(Strict):
+    """The simulated engine (``engine: sim``, pipeline/engines/sim.py): benchmarks and tests of the
+    orchestration only. It loads the model's tokenizer, no weights."""
+
+    seconds_per_call: float = Field(default=0.0, ge=0, description="sleep per generate call (a request batch)")
+    score_seconds_per_call: float = Field(default=0.0, ge=0, description="sleep per score call")
+    text_tokens: int = Field(default=32, ge=1, description="tokens per generated text (capped by max_tokens)")
+
+
 class ModelConfig(Strict):
     path: str = Field(description="local model folder, or a Hugging Face Hub model id")
     revision: str | None = None
-    engine: Literal["vllm", "hf"] = "vllm"
+    engine: Literal["vllm", "hf", "sim"] = Field(
+        default="vllm", description="vllm, hf (transformers), or sim: a simulated engine for benchmarks and tests"
+    )
+    sim: SimConfig | None = Field(default=None, description="the simulated engine's settings (engine: sim)")
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = "auto"
     device: Literal["auto", "cpu", "cuda"] = "auto"
     max_model_len: int | None = Field(default=None, gt=0)
@@ -339,6 +351,21 @@ class RayConfig(Strict):
         default=None, ge=0, description="null: model.tensor_parallel_size on a GPU cluster, 0 on CPUs"
     )
     cpus_per_engine: float = Field(default=1, gt=0, description="CPUs reserved by each engine task")
+    max_engines: int | None = Field(
+        default=None,
+        ge=1,
+        description="at most this many engine stages at once on a local cluster (null: as CPUs and GPUs allow); "
+        "verifier stages keep the other CPUs",
+    )
+
+    @model_validator(mode="after")
+    def _max_engines_local(self) -> RayConfig:
+        if self.max_engines is not None and self.address is not None:
+            raise ValueError(
+                "max_engines applies to a local cluster (address: null); on a running cluster give "
+                "its nodes an 'expo_engine' resource instead"
+            )
+        return self
 
 
 class RunConfig(Strict):

@@ -113,22 +113,36 @@ def output_config(cfg: RunConfig) -> dict[str, Any]:
     return data
 
 
-def shard_key(cfg: RunConfig, model_fp: str, template: PromptTemplate, problems: list[dict[str, Any]]) -> str:
-    """Hash of everything that determines a shard's rows, problem text included (an edited
-    question under the same id must not reuse old samples)."""
-    payload = {
+def shard_keys(
+    cfg: RunConfig, model_fp: str, template: PromptTemplate, problems: list[dict[str, Any]], size: int
+) -> list[str]:
+    """The key of each shard of ``size`` problems: a hash of everything that determines its rows,
+    problem text included (an edited question under the same id must not reuse old samples). The
+    part every shard shares is serialised once, so planning 10,000 shards hashes their problems and
+    little else."""
+    shared = {
         "config": output_config(cfg),
         "model": [model_fp, model_label(cfg.model.path)],
         "template": template.digest,
         "conditionings": conditionings.digests(cfg, template),
         "code": [__version__, VERIFIER_VERSION, schemas.version(schemas.SAMPLES)],
-        # The expert solution is scored, and QuestA shows part of it.
-        "problems": [
-            [p["problem_id"], p["question"], p["answer"], p["level"], p["subject"], p["expert_solution"]]
-            for p in problems
-        ],
     }
-    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:24]
+    head = json.dumps(shared, sort_keys=True)
+    keys = []
+    for start in range(0, len(problems), size):
+        # The expert solution is scored, and QuestA shows part of it.
+        rows = [
+            [p["problem_id"], p["question"], p["answer"], p["level"], p["subject"], p["expert_solution"]]
+            for p in problems[start : start + size]
+        ]
+        payload = head + json.dumps(rows)
+        keys.append(hashlib.sha256(payload.encode()).hexdigest()[:24])
+    return keys
+
+
+def shard_key(cfg: RunConfig, model_fp: str, template: PromptTemplate, problems: list[dict[str, Any]]) -> str:
+    """The key of one shard holding ``problems``."""
+    return shard_keys(cfg, model_fp, template, problems, max(len(problems), 1))[0]
 
 
 def changed_output_keys(old: dict[str, Any], new: RunConfig) -> list[str]:

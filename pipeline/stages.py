@@ -34,16 +34,14 @@ from pipeline.completions import (
     score_shard,
 )
 from pipeline.config import RunConfig
-from pipeline.contamination import build_index
 from pipeline.engines import Engine, Request, Result, derive_seed
 from pipeline.errors import RunDirError
-from pipeline.manifest import ShardOutcome, describe_engine, model_fingerprint, model_label, shard_key
-from pipeline.problems import ProblemSet, load_problems
+from pipeline.manifest import ShardOutcome, describe_engine, model_fingerprint, model_label, shard_keys
+from pipeline.problem_table import problem_rows
 from pipeline.prompts import get_template
 from pipeline.scoring import NO_SCORES, ScoreCounts
 from pipeline.store import (
     PENDING_STATS_META,
-    PROBLEMS_ROW_GROUP,
     SHARD_KEY_META,
     RunDir,
     read_table,
@@ -51,41 +49,10 @@ from pipeline.store import (
 )
 from pipeline.timeline import stamp, this_worker
 from pipeline.verify import VerifierPool
-from schemas.run_doc import BenchmarkInfo, ContaminationInfo, EngineInfo, ProblemsSummary, ShardRecord
+from schemas.run_doc import EngineInfo, ShardRecord
 
 # ----------------------------------------------------------------------------------------------
 # Problems and the shard plan
-
-
-def write_problems(cfg: RunConfig, run: RunDir, pool: VerifierPool) -> ProblemsSummary:
-    """Load, validate and write ``problems`` and ``problems_rejected``; returns the summary."""
-    progress.emit("problems.start", source=cfg.problems.source)
-    index, contamination = None, None
-    if cfg.problems.decontaminate:
-        t0 = time.monotonic()
-        index = build_index(cfg.problems.decontaminate, cfg.problems.decontaminate_ngram)
-        contamination = ContaminationInfo(
-            ngram=cfg.problems.decontaminate_ngram,
-            benchmarks=[BenchmarkInfo(source=s, questions=n) for s, n in index.sources.items()],
-            index_s=round(time.monotonic() - t0, 3),
-        )
-        progress.emit("problems.benchmarks", questions=len(index), benchmarks=len(index.sources))
-    pset: ProblemSet = load_problems(
-        cfg.problems,
-        pool.check_golds,
-        progress=lambda valid, read: progress.emit("problems.progress", valid=valid, read=read),
-        overlap=index,
-    )
-    unscored = {"expert_nll_mean": None, "expert_nll_tokens": None, "expert_answer_logprob": None}
-    problems = schemas.from_rows("problems", [{**p, **unscored} for p in pset.problems])
-    write_parquet(problems, run.problems, row_group_size=PROBLEMS_ROW_GROUP)
-    write_parquet(schemas.from_rows("problems_rejected", pset.rejected), run.problems_rejected)
-    summary = ProblemsSummary(**pset.summary())
-    if contamination is not None:
-        contamination.contaminated = summary.rejected_by_reason.get("contaminated", 0)
-        summary.contamination = contamination
-    progress.emit("problems.done", **summary.model_dump())
-    return summary
 
 
 @dataclass(frozen=True)
@@ -100,10 +67,10 @@ def plan_shards(cfg: RunConfig, run: RunDir) -> list[ShardPlan]:
     problems = read_table(run.problems, "problems").to_pylist()
     template = get_template(cfg.prompts.template)
     fp = model_fingerprint(cfg.model.path, cfg.model.revision)
+    keys = shard_keys(cfg, fp, template, problems, cfg.shard_size)
     plans = []
-    for index, start in enumerate(range(0, len(problems), cfg.shard_size)):
-        stop = min(start + cfg.shard_size, len(problems))
-        plans.append(ShardPlan(index, start, stop, shard_key(cfg, fp, template, problems[start:stop])))
+    for index, (start, key) in enumerate(zip(range(0, len(problems), cfg.shard_size), keys, strict=True)):
+        plans.append(ShardPlan(index, start, min(start + cfg.shard_size, len(problems)), key))
     progress.emit("shards.planned", total=len(plans), problems=len(problems))
     return plans
 
@@ -204,7 +171,7 @@ def generate_shard(
         raise ValueError(f"shard {plan.index} needs an engine")
     t0, c0 = time.monotonic(), stamp()
     template = get_template(cfg.prompts.template)
-    problems = read_table(run.problems, "problems").slice(plan.start, plan.stop - plan.start).to_pylist()
+    problems = problem_rows(run.problems, plan.start, plan.stop)
     requests, meta = build_requests(problems, cfg, engine, template)
     hint_reqs, hint_meta = hint_requests(problems, cfg, engine)
     progress.emit("shard.start", index=plan.index, problems=len(problems), requests=len(requests) + len(hint_reqs))
@@ -345,6 +312,20 @@ def finish_shard(cfg: RunConfig, run: RunDir, plan: ShardPlan, pool: VerifierPoo
     record.total_s = round(record.generate_s + record.score_s + record.verify_s + record.write_s, 3)
     progress.emit("shard.done", **record.model_dump(exclude={"stages", "engine", "verifier"}))
     return ShardOutcome(plan.index, plan.key, record=record, engine=info)
+
+
+def finished(run: RunDir, plans: list[ShardPlan]) -> list[ShardOutcome]:
+    """The shards already written for their key (a rerun's skips), found before any task runs: a
+    rerun of 10,000 finished shards costs a footer read each, not a task run each. A pending file
+    left beside a finished shard (a crash between the write and its removal) is removed."""
+    out = []
+    for plan in plans:
+        if run.shard_done(plan.index, plan.key):
+            run.pending_shard(plan.index).unlink(missing_ok=True)
+            progress.emit("shard.skipped", index=plan.index)
+            progress.emit("shard.finished", index=plan.index)
+            out.append(ShardOutcome(plan.index, plan.key, skipped=True))
+    return out
 
 
 def run_shard(cfg: RunConfig, run: RunDir, plan: ShardPlan, engine: Engine, pool: VerifierPool) -> ShardOutcome:

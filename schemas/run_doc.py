@@ -74,6 +74,7 @@ class ProblemsSummary(Section):
     filtered_out: int = 0
     beyond_limit: int = 0
     contamination: ContaminationInfo | None = None
+    fingerprint: str | None = None  # of the sources and the problems config: a rerun reuses the tables
 
 
 class Worker(Section):

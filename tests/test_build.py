@@ -198,14 +198,21 @@ def test_grpo_advantages_by_hand(tmp_path):
     assert a["expert_solution"] == "so \\boxed{1}" and b["expert_solution"] is None
 
 
-def test_output_follows_problem_order_across_shards(tmp_path):
+def test_output_follows_problem_order_across_shards_and_batches_make_one_part_each(tmp_path, monkeypatch):
+    from pipeline import build
+
     shard0 = [_sample("z", "explanation", 0, "correct"), _sample("z", "cot", 0, "incorrect")]
     shard1 = [_sample("a", "explanation", 0, "correct"), _sample("a", "cot", 0, "incorrect")]
-    run = _run(tmp_path, [_problem("z"), _problem("a")], [shard0, shard1])
+    shard2 = [_sample("m", "explanation", 0, "correct"), _sample("m", "cot", 0, "incorrect")]
+    run = _run(tmp_path, [_problem("z"), _problem("a"), _problem("m")], [shard0, shard1, shard2])
     stats = build_datasets(run, BuildConfig())
-    assert [r["problem_id"] for r in _read(run, "dpo")] == ["z", "a"]
-    assert stats.rows == {"dpo": 2, "dpo_expert": 2, "dpo_self": 0, "grpo": 2, "sft": 2, "grpo_questa": 0}
-    assert sorted(p.name for p in run.table("dpo").iterdir()) == ["part-00000.parquet", "part-00001.parquet"]
+    assert [r["problem_id"] for r in _read(run, "dpo")] == ["z", "a", "m"]
+    assert stats.rows == {"dpo": 3, "dpo_expert": 3, "dpo_self": 0, "grpo": 3, "sft": 3, "grpo_questa": 0}
+    assert [p.name for p in run.table("dpo").iterdir()] == ["part-00000.parquet"]  # one batch: one part
+    monkeypatch.setattr(build, "BUILD_BATCH_ROWS", 4)  # two shards' rows per batch
+    assert build_datasets(run, BuildConfig()).rows == stats.rows
+    assert [r["problem_id"] for r in _read(run, "dpo")] == ["z", "a", "m"]
+    assert sorted(p.name for p in run.table("dpo").iterdir()) == ["part-00000.parquet", "part-00002.parquet"]
 
 
 def test_rebuild_replaces_stale_parts(tmp_path):

@@ -8,7 +8,6 @@ import json
 import re
 import shutil
 
-import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -206,18 +205,17 @@ def golden_run(prefect_harness, tmp_path_factory) -> RunDir:
 
 def test_an_expo_config_writes_the_tables_it_wrote_before(golden_run):
     """tests/data/golden-expo-v1.json holds the tables this run wrote at 71b1cd0 (samples schema 3),
-    through the same deterministic engine: the training sets must be byte-identical, and samples
-    must hold the same values in every column it had."""
+    through the same deterministic engine: the training sets must have the same schema, metadata
+    and values, and samples the same values in every column it had. (The recorded file bytes are of
+    one part per shard; the builders now write one part per batch of shards, so a two-shard table's
+    bytes are a layout apart, and only the content is compared.)"""
     golden = json.loads(GOLDEN.read_text())
     got = digests(golden_run.root, {"samples": ("conditioning",)})
-    same_arrow = golden["pyarrow"] == pa.__version__
     for name, want in golden["tables"].items():
         assert got[name]["rows"] == want["rows"] > 0, name
         assert got[name]["values"] == want["values"], name
         if name != "samples":
             assert got[name]["content"] == want["content"], name  # schema and metadata too
-            if same_arrow:
-                assert got[name]["files"] == want["files"], name  # the Parquet bytes
     samples = read_table(golden_run.samples, "samples")
     kinds = samples.column("kind").to_pylist()
     assert samples.column("conditioning").to_pylist() == ["answer" if k == "explanation" else None for k in kinds]

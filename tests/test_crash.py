@@ -79,7 +79,7 @@ def test_sigkill_at_any_point_then_rerun_gives_the_uninterrupted_tables(tmp_path
     points = [
         ("mid-generation of shard 1", lambda e: e["event"] == "shard.start" and e["index"] == 1),
         ("while writing shard 3", lambda e: e["event"] == "shard.writing" and e["index"] == 3),
-        ("mid-build", lambda e: e["event"] == "build.shard" and e["shard"] == "shard-00002.parquet"),
+        ("mid-build", lambda e: e["event"] == "build.shard"),
         ("while swapping the built tables in", lambda e: e["event"] == "build.swap" and e["table"] == "grpo"),
     ]
     for i, (_, predicate) in enumerate(points):

@@ -1,5 +1,6 @@
 """The generate flow on a local two-worker Ray cluster (prefect-ray), against the local executor."""
 
+import itertools
 import json
 import os
 
@@ -43,3 +44,24 @@ def test_quickstart_on_a_local_ray_cluster_gives_the_local_tables(
         doc["tables"]["dpo"]["files"].keys()
         == json.loads(quickstart_run.run_json.read_text())["tables"]["dpo"]["files"].keys()
     )
+
+
+def test_the_simulated_engine_runs_the_same_stages_on_ray_with_at_most_max_engines_at_once(prefect_harness, tmp_path):
+    """The simulated engine (model.engine: sim) through the Ray executor, one engine stage at a time
+    (ray.max_engines: 1) beside the verifier stages: the same tables as the local executor."""
+    from flows.generate import generate_flow
+
+    sim = ["model.engine=sim", "model.sim.seconds_per_call=0.3", "problems.limit=24", "shard_size=4"]
+    local = RunDir(generate_flow(str(QUICKSTART), overrides=[f"output_dir={tmp_path / 'local'}", *sim]))
+    ray_settings = ["executor=ray", "ray.num_cpus=2", "ray.max_engines=1"]
+    run = RunDir(generate_flow(str(QUICKSTART), overrides=[f"output_dir={tmp_path / 'ray'}", *sim, *ray_settings]))
+    assert table_differences(local, run) == []
+    doc = json.loads(run.run_json.read_text())
+    assert doc["model"]["engine"] == "sim" and doc["timings"]["executor"] == "ray" and len(doc["shards"]) == 6
+    engine = sorted((s["stages"]["generate"][0], s["stages"]["score"][1]) for s in doc["shards"].values())
+    assert all(a[1] <= b[0] for a, b in itertools.pairwise(engine))  # never two engine stages at once
+    assert read_rows(run, "dpo") > 0
+
+
+def read_rows(run, name):
+    return json.loads(run.run_json.read_text())["tables"][name]["rows"]

@@ -56,7 +56,11 @@ def _load(model_cfg: Any, seed: int) -> Engine:
         from pipeline.engines.hf import HFEngine
 
         return HFEngine(model_cfg, seed)
-    raise ValueError(f"unknown engine {model_cfg.engine!r}; use 'vllm' or 'hf'")
+    if model_cfg.engine == "sim":
+        from pipeline.engines.sim import SimEngine
+
+        return SimEngine(model_cfg, seed)
+    raise ValueError(f"unknown engine {model_cfg.engine!r}; use 'vllm', 'hf' or 'sim'")
 
 
 def _devices() -> str | None:

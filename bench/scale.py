@@ -1,0 +1,218 @@
+"""Orchestration cost at scale, through the real flow, with the simulated engine (``model.engine: sim``).
+
+    python bench/scale.py [--workers 1 2 4 8] [--scaling-shards 200] [--growth 100 1000 10000]
+                          [--skip-scaling] [--skip-growth] [--skip-rerun]
+
+- scaling: the Ray executor on a local cluster of 8 logical CPUs, at most N engine stages at once
+  (``ray.max_engines``), 200 shards of 4 problems, 1.0 s of simulated engine time per shard:
+  throughput (shards/s over the shard phase) and efficiency (throughput at N / N x throughput at 1).
+- growth: the local executor, 100, 1,000 and 10,000 shards of 4 problems, 0.01 s of engine time per
+  shard: orchestration per shard (the run's wall time minus the union of the engine, verify and
+  write busy intervals of run.json's stage timeline, over the shard count), peak RSS of the flow
+  process, the size of run.json and of the Prefect database, and the wall time of the whole
+  `expo-data run` command when every shard is already done.
+
+Each run is a child process with its own Prefect home (a temporary server and a fresh database),
+running the generate flow as `expo-data run` does. The last lines are one figure each:
+``efficiency@8``, ``orchestration_ms_per_shard@10000``, ``orchestration_growth_1000_to_10000``,
+``rss_ratio_1000_to_10000``, ``rerun_s@10000`` (with the largest counts asked for in their place).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+EXPO = Path(sys.executable).parent / "expo-data"
+PER_SHARD = 4
+
+
+def _problems(path: Path, n: int) -> None:
+    with path.open("w") as f:
+        for i in range(n):
+            a, b = 10 + i % 89, 7 + (i * 31) % 83
+            q = f"Problem {i}: what is ${a}+{b}$?"
+            f.write(json.dumps({"problem": q, "solution": f"${a}+{b}=\\boxed{{{a + b}}}$", "level": "Level 1"}) + "\n")
+
+
+def _config(folder: Path, shards: int, seconds: float, executor: str, workers: int | None) -> Path:
+    problems = folder / "problems.jsonl"
+    _problems(problems, shards * PER_SHARD)
+    ray = f"\nray:\n  num_cpus: 8\n  max_engines: {workers}\n" if executor == "ray" else ""
+    text = f"""name: scale
+output_dir: {folder / "run"}
+model:
+  path: {ROOT / "data" / "tiny-model"}
+  engine: sim
+  max_model_len: 1024
+  sim:
+    seconds_per_call: {seconds}
+    text_tokens: 24
+problems:
+  source: {problems}
+generation:
+  rollouts: 4
+  explanations: 2
+  sampling:
+    temperature: 0.7
+    max_tokens: 64
+    seed: 0
+verifier:
+  workers: 1
+shard_size: {PER_SHARD}
+executor: {executor}{ray}
+"""
+    path = folder / "config.yaml"
+    path.write_text(text)
+    return path
+
+
+def _union(intervals: list[tuple[float, float]]) -> float:
+    total, end = 0.0, float("-inf")
+    for a, b in sorted(intervals):
+        if b <= end:
+            continue
+        total += b - max(a, end)
+        end = b
+    return total
+
+
+def child(config: str) -> None:
+    """One run of the generate flow in this process, as `expo-data run` runs it; prints a JSON line."""
+    from flows.generate import generate_flow
+    from flows.server import ensure_api
+    from pipeline.store import RunDir
+
+    ensure_api()
+    t0 = time.time()
+    run = RunDir(generate_flow(config))
+    wall = time.time() - t0
+    doc = json.loads(run.run_json.read_text())
+    busy = [
+        tuple(stage)
+        for s in doc["shards"].values()
+        for name, stage in s.get("stages", {}).items()
+        if name in ("generate", "score", "verify", "write")
+    ]
+    busy_s = _union([(a, b) for a, b in busy if a >= t0 - 1])
+    t = doc["timings"]
+    print(
+        "RESULT "
+        + json.dumps(
+            {
+                "wall_s": wall,
+                "busy_s": busy_s,
+                "shards": len(doc["shards"]),
+                "shards_s": t["shards_s"],
+                "problems_s": t["problems_s"],
+                "build_s": t["build_s"],
+                "rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+                "run_json_bytes": run.run_json.stat().st_size,
+            }
+        ),
+        flush=True,
+    )
+
+
+def _run_child(config: Path, home: Path, timeout: float) -> dict:
+    env = {**os.environ, "PREFECT_HOME": str(home), "PREFECT_API_URL": "", "PREFECT_LOGGING_LEVEL": "WARNING"}
+    proc = subprocess.run(
+        [sys.executable, __file__, "--child", str(config)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+    lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
+    if proc.returncode != 0 or not lines:
+        raise SystemExit(f"run failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
+    out = json.loads(lines[-1][7:])
+    db = home / "prefect.db"
+    out["prefect_db_bytes"] = db.stat().st_size if db.exists() else None
+    return out
+
+
+def _rerun(config: Path, home: Path) -> float:
+    env = {**os.environ, "PREFECT_HOME": str(home), "PREFECT_API_URL": ""}
+    t0 = time.time()
+    proc = subprocess.run([str(EXPO), "run", str(config)], env=env, capture_output=True, text=True, timeout=1800)
+    if proc.returncode != 0:
+        raise SystemExit(f"rerun failed:\n{proc.stdout[-2000:]}\n{proc.stderr[-2000:]}")
+    return time.time() - t0
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--workers", type=int, nargs="+", default=[1, 2, 4, 8])
+    ap.add_argument("--scaling-shards", type=int, default=200)
+    ap.add_argument("--scaling-seconds", type=float, default=1.0)
+    ap.add_argument("--growth", type=int, nargs="+", default=[100, 1000, 10000])
+    ap.add_argument("--growth-seconds", type=float, default=0.01)
+    ap.add_argument("--skip-scaling", action="store_true")
+    ap.add_argument("--skip-growth", action="store_true")
+    ap.add_argument("--skip-rerun", action="store_true")
+    ap.add_argument("--keep", help="keep the run folders under this folder")
+    ap.add_argument("--child", help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.child:
+        child(args.child)
+        return
+    base = Path(args.keep or tempfile.mkdtemp(prefix="expo-scale-"))
+    base.mkdir(parents=True, exist_ok=True)
+    figures: dict[str, float] = {}
+    if not args.skip_scaling:
+        throughput = {}
+        for n in args.workers:
+            folder = base / f"scaling-{n}"
+            folder.mkdir(exist_ok=True)
+            config = _config(folder, args.scaling_shards, args.scaling_seconds, "ray", n)
+            r = _run_child(config, folder / "prefect", timeout=3600)
+            throughput[n] = r["shards"] / r["shards_s"]
+            eff = throughput[n] / (n * throughput[args.workers[0]] / args.workers[0])
+            print(
+                f"scaling: {n} engine worker(s), {r['shards']} shards: shard phase {r['shards_s']:.1f} s, "
+                f"{throughput[n]:.2f} shards/s, efficiency {eff:.2f}",
+                flush=True,
+            )
+        top = max(args.workers)
+        figures[f"efficiency@{top}"] = throughput[top] / (top * throughput[args.workers[0]] / args.workers[0])
+    if not args.skip_growth:
+        growth = {}
+        for n in args.growth:
+            folder = base / f"growth-{n}"
+            folder.mkdir(exist_ok=True)
+            config = _config(folder, n, args.growth_seconds, "local", None)
+            r = _run_child(config, folder / "prefect", timeout=7200)
+            r["orchestration_ms"] = 1000 * (r["wall_s"] - r["busy_s"]) / n
+            growth[n] = r
+            print(
+                f"growth: {n} shards: wall {r['wall_s']:.1f} s, busy {r['busy_s']:.1f} s "
+                f"(problems {r['problems_s']:.1f} s, shards {r['shards_s']:.1f} s, build {r['build_s']:.1f} s); "
+                f"orchestration {r['orchestration_ms']:.1f} ms/shard; flow RSS {r['rss_mib']:.0f} MiB; "
+                f"run.json {r['run_json_bytes'] / 1e6:.2f} MB; Prefect DB {(r['prefect_db_bytes'] or 0) / 1e6:.1f} MB",
+                flush=True,
+            )
+        top = max(args.growth)
+        mid = sorted(args.growth)[-2] if len(args.growth) > 1 else top
+        figures[f"orchestration_ms_per_shard@{top}"] = growth[top]["orchestration_ms"]
+        figures[f"orchestration_growth_{mid}_to_{top}"] = (
+            growth[top]["orchestration_ms"] / growth[mid]["orchestration_ms"]
+        )
+        figures[f"rss_ratio_{mid}_to_{top}"] = growth[top]["rss_mib"] / growth[mid]["rss_mib"]
+        if not args.skip_rerun:
+            folder = base / f"growth-{top}"
+            figures[f"rerun_s@{top}"] = _rerun(folder / "config.yaml", folder / "prefect")
+    for name, value in figures.items():
+        print(f"{name}: {value:.2f}")
+
+
+if __name__ == "__main__":
+    main()
