@@ -43,10 +43,16 @@ def _problems(path: Path, n: int) -> None:
             f.write(json.dumps({"problem": q, "solution": f"${a}+{b}=\\boxed{{{a + b}}}$", "level": "Level 1"}) + "\n")
 
 
-def _config(folder: Path, shards: int, seconds: float, executor: str, workers: int | None) -> Path:
+def _config(
+    folder: Path, shards: int, seconds: float, executor: str, workers: int | None, cpus_per_engine: float = 1.0
+) -> Path:
     problems = folder / "problems.jsonl"
     _problems(problems, shards * PER_SHARD)
-    ray = f"\nray:\n  num_cpus: 8\n  max_engines: {workers}\n" if executor == "ray" else ""
+    ray = (
+        f"\nray:\n  num_cpus: 8\n  max_engines: {workers}\n  cpus_per_engine: {cpus_per_engine}\n"
+        if executor == "ray"
+        else ""
+    )
     text = f"""name: scale
 output_dir: {folder / "run"}
 model:
@@ -123,7 +129,8 @@ def child(config: str) -> None:
 
 
 def _run_child(config: Path, home: Path, timeout: float) -> dict:
-    env = {**os.environ, "PREFECT_HOME": str(home), "PREFECT_API_URL": "", "PREFECT_LOGGING_LEVEL": "WARNING"}
+    env = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"}  # a temporary server per run
+    env |= {"PREFECT_HOME": str(home), "PREFECT_LOGGING_LEVEL": "WARNING"}
     proc = subprocess.run(
         [sys.executable, __file__, "--child", str(config)],
         env=env,
@@ -135,13 +142,13 @@ def _run_child(config: Path, home: Path, timeout: float) -> dict:
     if proc.returncode != 0 or not lines:
         raise SystemExit(f"run failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
     out = json.loads(lines[-1][7:])
-    db = home / "prefect.db"
-    out["prefect_db_bytes"] = db.stat().st_size if db.exists() else None
+    db = [home / f"prefect.db{suffix}" for suffix in ("", "-wal", "-shm")]  # SQLite's write-ahead log too
+    out["prefect_db_bytes"] = sum(f.stat().st_size for f in db if f.exists())
     return out
 
 
 def _rerun(config: Path, home: Path) -> float:
-    env = {**os.environ, "PREFECT_HOME": str(home), "PREFECT_API_URL": ""}
+    env = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"} | {"PREFECT_HOME": str(home)}
     t0 = time.time()
     proc = subprocess.run([str(EXPO), "run", str(config)], env=env, capture_output=True, text=True, timeout=1800)
     if proc.returncode != 0:
@@ -154,6 +161,12 @@ def main() -> None:
     ap.add_argument("--workers", type=int, nargs="+", default=[1, 2, 4, 8])
     ap.add_argument("--scaling-shards", type=int, default=200)
     ap.add_argument("--scaling-seconds", type=float, default=1.0)
+    ap.add_argument(
+        "--cpus-per-engine",
+        type=float,
+        default=1.0,
+        help="CPUs each engine stage reserves (the simulated engine sleeps: 0.5 leaves 4 of the 8 for verifier stages)",
+    )
     ap.add_argument("--growth", type=int, nargs="+", default=[100, 1000, 10000])
     ap.add_argument("--growth-seconds", type=float, default=0.01)
     ap.add_argument("--skip-scaling", action="store_true")
@@ -173,7 +186,7 @@ def main() -> None:
         for n in args.workers:
             folder = base / f"scaling-{n}"
             folder.mkdir(exist_ok=True)
-            config = _config(folder, args.scaling_shards, args.scaling_seconds, "ray", n)
+            config = _config(folder, args.scaling_shards, args.scaling_seconds, "ray", n, args.cpus_per_engine)
             r = _run_child(config, folder / "prefect", timeout=3600)
             throughput[n] = r["shards"] / r["shards_s"]
             eff = throughput[n] / (n * throughput[args.workers[0]] / args.workers[0])
