@@ -362,8 +362,8 @@ class RayConfig(Strict):
     def _max_engines_local(self) -> RayConfig:
         if self.max_engines is not None and self.address is not None:
             raise ValueError(
-                "max_engines applies to a local cluster (address: null); on a running cluster give "
-                "its nodes an 'expo_engine' resource instead"
+                "max_engines applies to a local cluster (address: null); on a running cluster the GPUs "
+                "or cpus_per_engine each engine stage asks for bound how many run at once"
             )
         return self
 

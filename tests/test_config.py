@@ -118,3 +118,22 @@ def test_scoring_must_cover_every_rejected_side_build_takes():
         config_from_dict({**base, "build": {"pairs_per_problem": 2}}).check_scoring()
     for scoring in ({"cot_answers": 2}, {"cot_answers": "all"}, {"enabled": False}):
         config_from_dict({**base, "build": {"pairs_per_problem": 2}, "scoring": scoring}).check_scoring()
+
+
+def test_curation_scale_and_benchmark_settings_are_checked_and_resolved(tmp_path):
+    base = [f"output_dir={tmp_path}"]
+    with pytest.raises(ConfigError, match="max_engines applies to a local cluster"):
+        load_config(QUICKSTART, [*base, "executor=ray", "ray.address=auto", "ray.max_engines=2"])
+    with pytest.raises(ConfigError, match="min_pass_rate"):
+        load_config(QUICKSTART, [*base, "build.min_pass_rate=0.8", "build.max_pass_rate=0.5"])
+    with pytest.raises(ConfigError, match="between 0 and 1"):
+        load_config(QUICKSTART, [*base, "generation.explanations_for=1.5"])
+    # a benchmark path is resolved like problems.source; a Hub id stays as it is
+    cfg = load_config(QUICKSTART, [*base, "problems.decontaminate=[data/problems/gsm8k.jsonl, openai/gsm8k]"])
+    sources = [b.source for b in cfg.problems.decontaminate]
+    assert sources[0].endswith("data/problems/gsm8k.jsonl") and sources[0].startswith("/")
+    assert sources[1] == "openai/gsm8k"
+    assert (
+        load_config(QUICKSTART, [*base, "generation.explanations_for=unsolved"]).generation.explanations_for
+        == "unsolved"
+    )
