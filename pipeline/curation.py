@@ -35,7 +35,6 @@ import polars as pl
 from pipeline.config import BuildConfig
 from schemas.run_doc import BuildStats, FunnelStep, ProblemsSummary, RunDoc
 
-RULES = ("pass_rate", "truncated", "max_tokens", "dedup", "length_ratio", "equal_rewards")
 UNITS = {  # what each rule looks at
     "pass_rate": "problems",
     "truncated": "texts",
@@ -126,11 +125,6 @@ def can_change(step: Step, samples: pl.LazyFrame) -> bool:
     else:
         return True
     return samples.select(hit.fill_null(False).any()).collect().item()
-
-
-def final_rules(cfg: BuildConfig) -> Rules:
-    applied = [s.rules for s in chain(cfg) if s.applied]
-    return applied[-1] if applied else Rules()
 
 
 def normalised_text(col: str) -> pl.Expr:

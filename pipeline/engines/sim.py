@@ -34,19 +34,18 @@ class SimEngine:
     supports_request_seed = True
 
     def __init__(self, cfg: ModelConfig, seed: int = 0):
+        """``seed`` is unused: every request carries its own."""
         from transformers import AutoTokenizer
 
         from pipeline.config import SimConfig
 
         self.model_id = cfg.path
         self.sim = cfg.sim or SimConfig()
-        self.seed = seed
         self.tokenizer = AutoTokenizer.from_pretrained(
             cfg.path, revision=cfg.revision, trust_remote_code=cfg.trust_remote_code
         )
         self.max_model_len = cfg.max_model_len or 4096
         self._texts: dict[tuple[str, int], tuple[str, list[int]]] = {}
-        self.calls = 0
 
     def _text(self, answer: str, n_tokens: int) -> tuple[str, list[int]]:
         """A text of about ``n_tokens`` tokens ending in the boxed answer (cached: the words are the
@@ -65,7 +64,6 @@ class SimEngine:
         return self._texts[key]
 
     def generate(self, requests: list[Request], call_seed: int = 0) -> list[Result]:
-        self.calls += 1
         if self.sim.seconds_per_call:
             time.sleep(self.sim.seconds_per_call)
         out = []
