@@ -48,7 +48,7 @@ def generate_shard_task(cfg: RunConfig, run: RunDir, plan: st.ShardPlan) -> Shar
     """The engine stage of a shard, on this process's (or this Ray worker's) long-lived engine."""
     engine = get_engine(cfg.model, seed=cfg.generation.sampling.seed) if st.needs_engine(run, plan) else None
     v = cfg.verifier  # generation.explanations_for verifies a shard's CoTs in the engine stage
-    pool = shared_pool(v.workers, v.timeout_s, v.extraction) if cfg.generation.explanations_for != "all" else None
+    pool = shared_pool(v.workers, v.timeout_s, v.extraction) if cfg.generation.verifies_cots_first else None
     try:
         return st.generate_shard(cfg, run, plan, engine, pool)
     except Exception:

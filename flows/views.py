@@ -131,10 +131,11 @@ def print_curation(doc: RunDoc) -> None:
         console.print(f"validation split: {build.validation_problems} problems ({rows})", highlight=False)
     e = doc.explanations_for
     if e is not None:
+        entries = ", ".join(f"{k} {n}" for k, n in e.texts_skipped_by_entry.items())
         console.print(
             f"explanations_for {e.setting}: {e.problems_skipped} of {e.problems} problems skipped, "
-            f"{e.texts_skipped} texts and {e.hint_requests_skipped} hint requests not generated "
-            f"(~{e.est_tokens_saved or 0} tokens)",
+            f"{e.texts_skipped} texts ({entries or 'none'}) and {e.hint_requests_skipped} hint requests not "
+            f"generated (~{e.est_tokens_saved or 0} tokens)",
             highlight=False,
         )
 

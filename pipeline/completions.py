@@ -35,6 +35,7 @@ class RequestMeta:
     conditioning: str | None = None
     tag: str = "cot"
     needle: str | None = None
+    entry: str = "cot"  # what scoring.kinds and explanations_for name: cot, or the conditioning's entry
 
 
 @dataclass(frozen=True)
@@ -126,7 +127,13 @@ def build_requests(
                 # ExPO's sentence copied into a text is a leak; STaR's bare "(68)" is too short to tell.
                 needle = text if v.kind == "answer" else None
             m = RequestMeta(
-                p, "explanation", template.conversation(p["question"], text, system), v.label, v.sample_tag, needle
+                p,
+                "explanation",
+                template.conversation(p["question"], text, system),
+                v.label,
+                v.sample_tag,
+                needle,
+                v.entry,
             )
             # ExPO's own explanation keeps the seed it had before conditionings existed.
             add(gen.explanation_params, v.n, "explanation" if v.is_default else v.label, m)
@@ -136,7 +143,7 @@ def build_requests(
 @dataclass(frozen=True)
 class HintMeta:
     problem: dict[str, Any]
-    label: str
+    label: str  # the abstract_hint entry (one variant each)
     messages: list[Message]
 
 
@@ -220,7 +227,7 @@ def hinted_requests(
             if hint is None:
                 continue
             msgs = template.conversation(p["question"], v.insert(template).fill(hint=hint), cfg.prompts.system)
-            m = RequestMeta(p, "explanation", msgs, v.label, v.sample_tag, None)
+            m = RequestMeta(p, "explanation", msgs, v.label, v.sample_tag, None, v.entry)
             req = _request(engine, model, cfg.generation.explanation_params, v.n, v.label, m)
             requests.append(req)
             meta[req.request_id] = m
@@ -254,16 +261,20 @@ def score_shard(
     """Both scores of every completion and of each problem's expert solution, all after the
     problem's plain CoT prompt (``system`` as the requests had it), in one engine call (a CoT's own
     log-probs give its nll_mean). ``extraction`` is the verifier's: it tells the CoTs that are
-    certainly right from the candidate rejected sides that ``cfg.cot_answers`` counts."""
+    certainly right from the candidate rejected sides that ``cfg.cot_answers`` counts. Texts of a
+    kind ``cfg.kinds`` leaves out get null scores and cost nothing."""
     plain = {
         p["problem_id"]: encode_chat(engine.tokenizer, template.messages("cot", p["question"], system=system))
         for p in gen.problems
     }
-    items: list[ScoreInput] = []
+    items: list[ScoreInput | None] = []  # None: a text scoring.kinds leaves out
     for _, res, m in gen.pairs():
         pid, gold = m.problem["problem_id"], m.problem["answer"]
         others = 0  # CoTs of this problem so far whose answer is not the gold
         for c in res.completions:
+            if not cfg.scores(m.entry):
+                items.append(None)
+                continue
             if m.kind != "cot" or c.token_logprobs is None:
                 items.append(ScoreInput(plain[pid], c.text, gold))
                 continue
@@ -273,10 +284,12 @@ def score_shard(
             n = len(c.token_ids) - (c.finish_reason == "stop")  # the stop token is not the text's
             generated = (c.token_ids[:n], c.token_logprobs[:n])
             items.append(ScoreInput(plain[pid], c.text, gold, generated=generated, answer_pass=wanted))
-    experts = [p for p in gen.problems if p["expert_solution"]]
+    experts = [p for p in gen.problems if p["expert_solution"]] if cfg.scores("expert") else []
     items.extend(ScoreInput(plain[p["problem_id"]], p["expert_solution"], p["answer"], expert=True) for p in experts)
-    all_scores, counts = score_texts(engine, items)
-    flat = iter(all_scores)
+    wanted = [x for x in items if x is not None]
+    computed, counts = score_texts(engine, wanted)
+    given = iter(computed)
+    flat = iter([NO_SCORES if x is None else next(given) for x in items])
     scores = [[next(flat) for _ in res.completions] for res in gen.results]
     expert_rows = []
     for p in experts:

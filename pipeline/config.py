@@ -133,6 +133,9 @@ class SamplingConfig(Strict):
     seed: int = Field(default=0, ge=0)
 
 
+ExplanationsFor = Literal["all", "unsolved"] | float
+
+
 class GenerationConfig(Strict):
     rollouts: int = Field(default=8, ge=1, description="G: CoT samples per problem")
     explanations: int = Field(default=2, ge=0, description="self-explanations per problem")
@@ -140,19 +143,33 @@ class GenerationConfig(Strict):
     explanation_sampling: SamplingConfig | None = Field(
         default=None, description="sampling for explanations; defaults to `sampling`"
     )
-    explanations_for: Literal["all", "unsolved"] | float = Field(
+    explanations_for: ExplanationsFor | dict[str, ExplanationsFor] = Field(
         default="all",
         description="which problems get explanations and every conditioning's requests: all; unsolved (no "
-        "correct CoT); or a number p (CoT pass rate <= p). Other than all, a shard's CoTs are generated "
-        "and verified first",
+        "correct CoT); or a number p (CoT pass rate <= p). A mapping sets it per conditioning name "
+        "({answer: unsolved, none: all}); names left out take all. Other than all, a shard's CoTs are "
+        "generated and verified first",
     )
 
     @field_validator("explanations_for")
     @classmethod
-    def _explanations_for(cls, v: str | float) -> str | float:
-        if isinstance(v, float | int) and not 0 <= v <= 1:
-            raise ValueError("a pass-rate threshold must be between 0 and 1")
+    def _explanations_for(cls, v: Any) -> Any:
+        for setting in v.values() if isinstance(v, dict) else [v]:
+            if isinstance(setting, float | int) and not 0 <= setting <= 1:
+                raise ValueError("a pass-rate threshold must be between 0 and 1")
         return v
+
+    def explanations_setting(self, entry: str) -> str | float:
+        """``explanations_for`` as it applies to one conditioning entry."""
+        v = self.explanations_for
+        return v.get(entry, "all") if isinstance(v, dict) else v
+
+    @property
+    def verifies_cots_first(self) -> bool:
+        """Whether any conditioning is asked for on some problems only: the engine stage then
+        generates and verifies a shard's CoTs before the rest."""
+        v = self.explanations_for
+        return any(s != "all" for s in v.values()) if isinstance(v, dict) else v != "all"
 
     @property
     def explanation_params(self) -> SamplingConfig:
@@ -237,6 +254,16 @@ class ScoringConfig(Strict):
         "in sample order: build takes rejected sides in that order, so keep it >= build.pairs_per_problem; "
         "'all' for every CoT. Positives always get both scores",
     )
+
+    kinds: Literal["all"] | list[str] = Field(
+        default="all",
+        description="which texts are scored: all, or a list of 'cot', 'expert' and conditioning names "
+        "(answer, none, ...); texts left out get null scores and cost no pass",
+    )
+
+    def scores(self, kind: str) -> bool:
+        """Whether texts of ``kind`` ('cot', 'expert' or a conditioning name) are scored."""
+        return self.enabled and (self.kinds == "all" or kind in self.kinds)
 
     @field_validator("cot_answers")
     @classmethod
@@ -407,6 +434,25 @@ class RunConfig(Strict):
         if self.build.positives not in labels:
             raise ValueError(
                 f"build.positives {self.build.positives!r} is not one of the conditionings ({', '.join(labels)})"
+            )
+        setting = self.generation.explanations_for
+        unknown = sorted(set(setting) - set(labels)) if isinstance(setting, dict) else []
+        if unknown:
+            raise ValueError(
+                f"generation.explanations_for names {', '.join(unknown)}, not a conditioning ({', '.join(labels)})"
+            )
+        kinds = self.scoring.kinds
+        unknown = sorted(set(kinds) - {"cot", "expert", *labels}) if kinds != "all" else []
+        if unknown:
+            raise ValueError(
+                f"scoring.kinds names {', '.join(unknown)}: give 'cot', 'expert' or a conditioning "
+                f"({', '.join(labels)})"
+            )
+        ranked = self.build.best_explanation != "first" and self.scoring.enabled
+        if ranked and not self.scoring.scores(self.build.positives):
+            raise ValueError(
+                f"build.best_explanation {self.build.best_explanation} ranks the {self.build.positives!r} texts by a "
+                f"score that scoring leaves out; add {self.build.positives!r} to scoring.kinds or use 'first'"
             )
         return self
 

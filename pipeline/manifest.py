@@ -67,6 +67,9 @@ NEUTRAL_KEYS = (
 # fingerprint and its label: a local folder's absolute path must not make a shard's key (and the
 # sampling seed drawn from it) depend on where the checkout lies.
 NON_OUTPUT_KEYS = (*NEUTRAL_KEYS, "shard_size", "problems", "model.path")
+# Settings added after run dirs existed, left out of the key at their default (which makes the rows
+# they made before): a new option must not regenerate every shard of a run that does not use it.
+KEY_OMITTED_AT_DEFAULT = {"scoring.kinds": "all"}
 
 
 def now() -> str:
@@ -104,12 +107,19 @@ def model_fingerprint(path: str, revision: str | None) -> str:
 def output_config(cfg: RunConfig) -> dict[str, Any]:
     """The config minus the keys that cannot change a shard's rows."""
     data = cfg.model_dump()
-    for dotted in NON_OUTPUT_KEYS:
+    omitted = [k for k, default in KEY_OMITTED_AT_DEFAULT.items() if _at(data, k) == default]
+    for dotted in (*NON_OUTPUT_KEYS, *omitted):
         parts = dotted.split(".")
         node = data
         for part in parts[:-1]:
             node = node[part]
         node.pop(parts[-1], None)
+    return data
+
+
+def _at(data: dict[str, Any], dotted: str) -> Any:
+    for part in dotted.split("."):
+        data = data[part]
     return data
 
 
@@ -323,7 +333,7 @@ def finish_run(cfg: RunConfig, run: RunDir, results: RunResults) -> RunDoc:
         ),
         summary=results.summary,
         build=results.build,
-        explanations_for=explanation_saving(cfg.generation.explanations_for, run, shards),
+        explanations_for=explanation_saving(cfg.generation, run, shards),
         conditionings=compare_run(run, conditionings.describe(cfg, get_template(cfg.prompts.template))),
         scoring=cfg.scoring,
         sampling=describe_sampling(cfg.generation, cfg.model.path, cfg.model.revision),

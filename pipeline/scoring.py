@@ -38,7 +38,8 @@ A CoT whose answer is not the gold needs its own pass for ``answer_logprob``; on
 rejected sides in, and a fixed sample for the report), or all with ``cot_answers: all``. Scoring
 runs before the verifier, so "the gold" here is what string work settles (:func:`surely_gold`: the
 verifier's reading and its fast path); a right answer only sympy can settle (``0.75`` for gold
-``\\frac{3}{4}``) uses up one of those places.
+``\\frac{3}{4}``) uses up one of those places. ``scoring.kinds`` narrows scoring to some kinds of
+text ('cot', 'expert', conditioning names); the others get null scores and no pass.
 """
 
 from __future__ import annotations

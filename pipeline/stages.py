@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -97,14 +97,14 @@ def wants_explanations(setting: str | float, verdicts: list[str]) -> bool:
 @dataclass
 class _Calls:
     """What the engine stage asked for and got: the sample requests with their results, the hint
-    requests with theirs, and what ``explanations_for`` left out."""
+    requests with theirs, and what ``explanations_for`` left out (texts per conditioning entry)."""
 
     requests: list[Request]
     results: list[Result]
     hint_reqs: list[Request]
     hint_results: list[Result]
     skipped_problems: int = 0
-    skipped_texts: int = 0
+    skipped_texts: dict[str, int] = field(default_factory=dict)
     skipped_hints: int = 0
 
 
@@ -119,10 +119,10 @@ def _first_calls(
     call_seed: int,
 ) -> _Calls:
     """One engine call for the CoTs, the conditioned requests and NuRL's hint requests; with
-    ``explanations_for`` other than all, the CoTs first, verified, and then the rest only for the
-    problems that can use them."""
-    setting = cfg.generation.explanations_for
-    if setting == "all":
+    ``explanations_for`` other than all for some conditioning, the CoTs first, verified, and then
+    each conditioning's requests only for the problems its setting selects."""
+    gen = cfg.generation
+    if not gen.verifies_cots_first:
         results = engine.generate(requests + hint_reqs, call_seed=call_seed)
         return _Calls(requests, results[: len(requests)], hint_reqs, results[len(requests) :])
     if pool is None:
@@ -132,24 +132,36 @@ def _first_calls(
     groups = []
     for req, res in zip(cots, cot_results, strict=True):
         groups.append((meta[req.request_id].problem["answer"], [c.text for c in res.completions]))
-    verdicts = pool.verify_groups(groups)
-    wanted = {
-        meta[req.request_id].problem["problem_id"]
-        for req, vs in zip(cots, verdicts, strict=True)
-        if wants_explanations(setting, [v.verdict for v in vs])
+    verdicts = {
+        meta[req.request_id].problem["problem_id"]: [v.verdict for v in vs]
+        for req, vs in zip(cots, pool.verify_groups(groups), strict=True)
     }
-    with_cot = {meta[r.request_id].problem["problem_id"] for r in cots}
+
+    def wanted(pid: str, entry: str) -> bool:
+        return pid not in verdicts or wants_explanations(gen.explanations_setting(entry), verdicts[pid])
+
     rest = [r for r in requests if meta[r.request_id].kind != "cot"]
-    keep = [r for r in rest if meta[r.request_id].problem["problem_id"] in wanted]
-    hints = [r for r in hint_reqs if hint_meta[r.request_id].problem["problem_id"] in wanted]
+    keep = [r for r in rest if wanted(meta[r.request_id].problem["problem_id"], meta[r.request_id].entry)]
+    hints = [
+        r for r in hint_reqs if wanted(hint_meta[r.request_id].problem["problem_id"], hint_meta[r.request_id].label)
+    ]
     more = engine.generate(keep + hints, call_seed=derive_seed(call_seed, "explanations")) if keep or hints else []
+    kept = {r.request_id for r in keep} | {r.request_id for r in hints}
+    skipped: dict[str, int] = {}
+    left_out: set[str] = set()  # problems some conditioning left out
+    for r in rest:
+        if r.request_id not in kept:
+            m = meta[r.request_id]
+            skipped[m.entry] = skipped.get(m.entry, 0) + r.sampling.n
+            left_out.add(m.problem["problem_id"])
+    left_out |= {hint_meta[r.request_id].problem["problem_id"] for r in hint_reqs if r.request_id not in kept}
     return _Calls(
         cots + keep,
         cot_results + more[: len(keep)],
         hints,
         more[len(keep) :],
-        skipped_problems=len(with_cot - wanted),
-        skipped_texts=sum(r.sampling.n for r in rest) - sum(r.sampling.n for r in keep),
+        skipped_problems=len(left_out),
+        skipped_texts=skipped,
         skipped_hints=len(hint_reqs) - len(hints),
     )
 
@@ -221,7 +233,8 @@ def generate_shard(
         scored_expert_tokens=counts.expert_targets,
         answers_reused=counts.answers_reused,
         explanations_skipped_problems=calls.skipped_problems,
-        explanations_skipped_texts=calls.skipped_texts,
+        explanations_skipped_texts=sum(calls.skipped_texts.values()),
+        explanations_skipped_by_entry=calls.skipped_texts or None,
         hint_requests_skipped=calls.skipped_hints,
     )
     info = describe_engine(engine)

@@ -12,6 +12,7 @@ from typing import Any
 import polars as pl
 
 import schemas
+from pipeline.config import GenerationConfig
 from pipeline.store import RunDir, parquet_files, scan_table
 from schemas.run_doc import ExplanationSaving, RunSummary, ShardRecord
 
@@ -100,11 +101,15 @@ def summary_table_rows(summary: RunSummary) -> list[dict[str, Any]]:
     return out
 
 
-def explanation_saving(setting: str | float, run: RunDir, shards: dict[str, ShardRecord]) -> ExplanationSaving | None:
-    """What ``generation.explanations_for`` saved over the run (None with ``all``): problems and
-    texts not requested, and the tokens that is, estimated from the explanation-like texts made."""
-    if setting == "all":
+def explanation_saving(gen: GenerationConfig, run: RunDir, shards: dict[str, ShardRecord]) -> ExplanationSaving | None:
+    """What ``generation.explanations_for`` saved over the run (None where every conditioning is
+    asked for on every problem): problems and texts not requested, and the tokens that is,
+    estimated from the explanation-like texts made."""
+    if not gen.verifies_cots_first:
         return None
+    setting = gen.explanations_for
+    if isinstance(setting, dict):
+        setting = ", ".join(f"{k}: {v}" for k, v in setting.items())
     made = (
         scan_samples(run, ["kind", "completion_tokens"])
         .filter(pl.col("kind") == "explanation")
@@ -114,12 +119,17 @@ def explanation_saving(setting: str | float, run: RunDir, shards: dict[str, Shar
     )
     records = list(shards.values())
     skipped = sum(r.explanations_skipped_texts or 0 for r in records)
+    by_entry: dict[str, int] = {}
+    for r in records:
+        for entry, n in (r.explanations_skipped_by_entry or {}).items():
+            by_entry[entry] = by_entry.get(entry, 0) + n
     mean = made["mean"]
     return ExplanationSaving(
         setting=str(setting),
         problems=sum(r.problems for r in records),
         problems_skipped=sum(r.explanations_skipped_problems or 0 for r in records),
         texts_skipped=skipped,
+        texts_skipped_by_entry=by_entry,
         hint_requests_skipped=sum(r.hint_requests_skipped or 0 for r in records),
         texts_generated=made["n"],
         mean_text_tokens=round(mean, 1) if mean is not None else None,

@@ -109,6 +109,7 @@ class ShardRecord(Section):
     # texts and hint requests that saved.
     explanations_skipped_problems: int | None = None
     explanations_skipped_texts: int | None = None
+    explanations_skipped_by_entry: dict[str, int] | None = None  # texts, per conditioning entry
     hint_requests_skipped: int | None = None
 
 
@@ -118,8 +119,9 @@ class ExplanationSaving(Section):
 
     setting: str
     problems: int = 0
-    problems_skipped: int = 0
+    problems_skipped: int = 0  # problems some conditioning was not asked for
     texts_skipped: int = 0
+    texts_skipped_by_entry: dict[str, int] = Field(default_factory=dict)
     hint_requests_skipped: int = 0
     texts_generated: int = 0
     mean_text_tokens: float | None = None

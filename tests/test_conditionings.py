@@ -173,6 +173,37 @@ def test_conditionings_default_to_expo_and_refuse_what_cannot_run():
         _cfg(conditionings=[{"kind": "answer", "temperature": 1}])
 
 
+def test_explanations_for_and_scoring_kinds_name_conditionings():
+    two = [{"kind": "answer"}, {"kind": "none", "n": 1}]
+    cfg = _cfg(conditionings=two, generation={"explanations_for": {"answer": "unsolved"}})
+    gen = cfg.generation
+    assert gen.verifies_cots_first and gen.explanations_setting("answer") == "unsolved"
+    assert gen.explanations_setting("none") == "all"  # names left out take all
+    assert not _cfg(conditionings=two, generation={"explanations_for": {"none": "all"}}).generation.verifies_cots_first
+    cfg = _cfg(conditionings=two, scoring={"kinds": ["cot", "answer"]})
+    assert [cfg.scoring.scores(k) for k in ("cot", "answer", "none", "expert")] == [True, True, False, False]
+    assert not _cfg(scoring={"enabled": False}).scoring.scores("cot")
+    bad = {
+        "explanations_for names nope, not a conditioning": {"generation": {"explanations_for": {"nope": "all"}}},
+        "between 0 and 1": {"generation": {"explanations_for": {"answer": 1.5}}},
+        "scoring.kinds names star": {"scoring": {"kinds": ["cot", "star"]}},
+        "add 'answer' to scoring.kinds or use 'first'": {"scoring": {"kinds": ["cot", "none"]}},
+    }
+    for message, extra in bad.items():
+        with pytest.raises(ConfigError, match=message):
+            _cfg(conditionings=two, **extra)
+    # ranking by first needs no score; a run without scoring ranks as before (missing scores fall back)
+    _cfg(conditionings=two, scoring={"kinds": ["cot"]}, build={"best_explanation": "first"})
+    _cfg(conditionings=two, scoring={"enabled": False, "kinds": ["cot"]})
+
+
+def test_a_new_setting_at_its_default_leaves_shard_keys_as_they_were():
+    from pipeline.manifest import output_config
+
+    assert "kinds" not in output_config(_cfg())["scoring"]
+    assert output_config(_cfg(scoring={"kinds": ["cot", "answer"]}))["scoring"]["kinds"] == ["cot", "answer"]
+
+
 def test_every_conditioned_prompt_is_the_plain_prompt_plus_its_insert():
     cfg = load_config(CONFIG, ["output_dir=/tmp/x"])
     question, gold = "What is $23+45$?", "68"
@@ -429,3 +460,43 @@ def test_the_end_of_a_run_prints_the_comparison(cond_run):
     assert "conditionings compared" in text and "grpo_questa/" in text and "hints/" in text
     for label in cond_run.require_doc().conditionings.variants:
         assert label in text
+
+
+@pytest.mark.slow
+def test_explanations_for_and_scoring_kinds_apply_per_conditioning(prefect_harness, tmp_path):
+    """The testbed model (plain CoT right about a quarter of the time): ExPO's explanations only for
+    the problems no CoT solved, the control for every problem; scores only for CoTs and ExPO's
+    texts, so the control's texts and the expert solutions cost no pass."""
+    from flows.generate import generate_flow
+
+    settings_ = [
+        f"output_dir={tmp_path / 'run'}",
+        "problems.limit=8",
+        "shard_size=8",
+        "generation.rollouts=4",
+        "generation.sampling.max_tokens=64",
+        "conditionings=[{kind: answer}, {kind: none, n: 1}]",
+        "generation.explanations_for={answer: unsolved}",
+        "scoring.kinds=[cot, answer]",
+    ]
+    run = RunDir(generate_flow(str(ROOT / "data" / "testbed.yaml"), overrides=settings_))
+    samples = read_table(run.samples, "samples").to_pylist()
+    problems = {p["problem_id"] for p in read_table(run.problems, "problems").to_pylist()}
+    solved = {r["problem_id"] for r in samples if r["kind"] == "cot" and r["verdict"] == "correct"}
+    by = {c: [r for r in samples if r["conditioning"] == c] for c in ("answer", "none")}
+    assert solved and solved != problems  # both sides of the rule were exercised
+    assert {r["problem_id"] for r in by["answer"]} == problems - solved
+    assert {r["problem_id"] for r in by["none"]} == problems  # not named: every problem
+    assert all(r["nll_mean"] is not None for r in by["answer"])
+    assert all(r["nll_mean"] is None and r["answer_logprob"] is None for r in by["none"])
+    assert all(r["nll_mean"] is not None for r in samples if r["kind"] == "cot")
+    assert read_table(run.expert_scores, "expert_scores").num_rows == 0
+    doc = run.require_doc()
+    e = doc.explanations_for
+    assert e.setting == "answer: unsolved" and e.problems_skipped == len(solved)
+    assert e.texts_skipped == e.texts_skipped_by_entry["answer"] == 2 * len(solved)
+    assert set(e.texts_skipped_by_entry) == {"answer"}
+    # one pass per ExPO text (the CoTs' nll comes from generation) plus the rejected sides' answers
+    assert sum(s.score_passes for s in doc.shards.values()) <= len(by["answer"]) + len(problems)
+    dpo = read_table(run.table("dpo"), "dpo").to_pylist()
+    assert dpo and all(r["chosen_nll_mean"] is not None for r in dpo)  # positives from the scored conditioning
