@@ -1,18 +1,25 @@
 """Where shard stages run: on this process's engine (``executor: local``) or on a Ray cluster.
 
-Both executors run the same two Prefect tasks per shard, the engine stage and the verifier stage
-(``pipeline.stages``), with the same retries, and both turn a shard that fails every try into one
+A task takes a batch of shards (``shards_per_task``) and runs, for each, the engine stage and then
+the verifier stage (``pipeline.stages``), verifying shard k in a thread while the engine generates
+shard k+1. A batch rather than a shard per task: a Prefect task run costs the flow and its API about
+0.2 s of CPU and a Ray task a dispatch, which at thousands of one-second shards was most of the
+run; and the shard's verifier stage in its engine's process keeps a Ray cluster at one worker
+process per engine, each with its verifier pool. A retried batch skips the shards it finished, so
+retries still redo only what is missing. Both executors turn a shard that fails every try into one
 :class:`ShardFailedError` naming it, after the shards already generated have been verified and kept.
 """
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
+import math
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
 from typing import Any
 
 from prefect import get_run_logger, task
-from prefect.cache_policies import NO_CACHE, CachePolicy
+from prefect.cache_policies import CachePolicy
 
 from pipeline import __version__, progress
 from pipeline import stages as st
@@ -23,66 +30,157 @@ from pipeline.manifest import ShardOutcome
 from pipeline.store import RunDir
 from pipeline.verify import shared_pool
 
-# The layout of a cached verifier-stage result; part of the cache key so that a result cached by
-# an older layout is never handed back.
-RESULT_FORMAT = "outcome-1"
+# The layout of a cached batch result; part of the cache key so that a result cached by an older
+# layout is never handed back.
+RESULT_FORMAT = "outcomes-2"
+
+# Shards a verifier thread may have waiting behind the engine before it pauses: enough to keep the
+# engine busy, few enough that a slow verifier does not let pending shards pile up.
+MAX_PENDING_VERIFICATIONS = 2
+
+# The most shards one task takes when shards_per_task is unset: a task's retry and its Prefect
+# record stay small, and the per-task cost is already 1/32 of what it was.
+MAX_AUTO_SHARDS_PER_TASK = 32
 
 
-def _shard_cache_key(context: Any, parameters: dict[str, Any]) -> str | None:
-    """Prefect's cache key of a verifier stage: our shard key (problems' text, output config, model
-    files, template), the run dir and the code version, and only once the shard's file on disk is
-    complete. So a Prefect cache hit can never claim a shard our done-marker does not, and a rerun or
-    a retry from the UI agrees with a rerun from the command line."""
-    plan, run = parameters["plan"], parameters["run"]
-    if not run.shard_done(plan.index, plan.key):
+@dataclass(frozen=True)
+class ShardBatch:
+    """The shards one task runs, in plan order."""
+
+    plans: tuple[st.ShardPlan, ...]
+
+    @property
+    def first(self) -> int:
+        return self.plans[0].index
+
+    @property
+    def last(self) -> int:
+        return self.plans[-1].index
+
+
+class ShardStageError(Exception):
+    """A shard's stage failed inside a batch: which shard, and the error as text (an engine's own
+    exception type need not unpickle where Ray hands the error back)."""
+
+    def __init__(self, index: int, kind: str, message: str) -> None:
+        super().__init__(index, kind, message)
+        self.index, self.kind, self.message = index, kind, message
+
+    def __str__(self) -> str:
+        return f"{self.kind}: {self.message}"
+
+
+def batches(plans: list[st.ShardPlan], size: int) -> list[ShardBatch]:
+    return [ShardBatch(tuple(plans[i : i + size])) for i in range(0, len(plans), size)]
+
+
+def batch_size(cfg: RunConfig, shards: int, engines: int) -> int:
+    """``shards_per_task``, or enough batches for every engine to take about four (so the last
+    ones finish close together), of at most 32 shards."""
+    if cfg.shards_per_task is not None:
+        return cfg.shards_per_task
+    return max(1, min(MAX_AUTO_SHARDS_PER_TASK, math.ceil(shards / (4 * max(engines, 1)))))
+
+
+def _batch_cache_key(context: Any, parameters: dict[str, Any]) -> str | None:
+    """Prefect's cache key of a batch: our shard keys (problems' text, output config, model files,
+    template), the run dir and the code version, and only once every shard's file on disk is
+    complete. So a Prefect cache hit can never claim a shard our done-marker does not, and a rerun
+    or a retry from the UI agrees with a rerun from the command line."""
+    batch, run = parameters["batch"], parameters["run"]
+    if not all(run.shard_done(p.index, p.key) for p in batch.plans):
         return None
+    keys = hashlib.sha256(" ".join(p.key for p in batch.plans).encode()).hexdigest()[:24]
     run_id = hashlib.sha256(str(run.root.resolve()).encode()).hexdigest()[:12]
-    return f"expo-shard-{plan.key}-{run_id}-{__version__}-{RESULT_FORMAT}"
+    return f"expo-shards-{keys}-{run_id}-{__version__}-{RESULT_FORMAT}"
 
 
-SHARD_CACHE = CachePolicy.from_cache_key_fn(_shard_cache_key)
+BATCH_CACHE = CachePolicy.from_cache_key_fn(_batch_cache_key)
 
 
-@task(name="generate-shard", cache_policy=NO_CACHE, task_run_name="generate-{plan.index}")
-def generate_shard_task(cfg: RunConfig, run: RunDir, plan: st.ShardPlan) -> ShardOutcome:
-    """The engine stage of a shard, on this process's (or this Ray worker's) long-lived engine."""
-    engine = get_engine(cfg.model, seed=cfg.generation.sampling.seed) if st.needs_engine(run, plan) else None
-    v = cfg.verifier  # generation.explanations_for verifies a shard's CoTs in the engine stage
-    pool = shared_pool(v.workers, v.timeout_s, v.extraction) if cfg.generation.verifies_cots_first else None
-    try:
-        return st.generate_shard(cfg, run, plan, engine, pool)
-    except Exception:
-        # A crashed engine is not reused: the retry (or the next shard) loads a fresh one.
-        release_engines()
-        raise
-
-
-@task(name="verify-shard", cache_policy=SHARD_CACHE, persist_result=True, task_run_name="verify-{plan.index}")
-def verify_shard_task(
-    cfg: RunConfig, run: RunDir, plan: st.ShardPlan, generated: ShardOutcome | None = None
-) -> ShardOutcome:
-    """The verifier stage of a shard. ``generated`` (the engine stage's outcome, or its future) only
-    orders this task after the engine stage; the stats themselves are read from the pending file."""
+def run_batch(cfg: RunConfig, run: RunDir, plans: list[st.ShardPlan], announce: bool = True) -> list[ShardOutcome]:
+    """Both stages of every shard in ``plans`` on this process's long-lived engine and verifier
+    pool, overlapped: while shard k is verified (in the pool's processes, from a thread), the engine
+    generates and scores shard k+1; with ``verifier.overlap: false`` one after the other. A failing
+    shard stops the batch once the shards generated before it are verified and kept. ``announce``:
+    emit ``shard.finished`` here (where the flow's listeners are) rather than in the flow."""
     v = cfg.verifier
-    outcome = st.finish_shard(cfg, run, plan, shared_pool(v.workers, v.timeout_s, v.extraction))
-    if outcome.record is not None:
-        r = outcome.record
-        get_run_logger().info(
-            "shard %d: %d rows (generate %.1fs, score %.1fs, verify %.1fs)",
-            plan.index,
-            r.rows,
-            r.generate_s,
-            r.score_s,
-            r.verify_s,
-        )
-    return outcome
+    pool = shared_pool(v.workers, v.timeout_s, v.extraction)
+    logger = get_run_logger()
+    done: list[ShardOutcome] = []
+    outstanding: list[tuple[st.ShardPlan, Future[ShardOutcome]]] = []
+    failure: ShardStageError | None = None
+
+    def collect(plan: st.ShardPlan, future: Future[ShardOutcome]) -> None:
+        try:
+            outcome = future.result()
+        except Exception as e:
+            raise ShardStageError(plan.index, type(e).__name__, str(e)) from e
+        if outcome.record is not None:
+            r = outcome.record
+            logger.info(
+                "shard %d: %d rows (generate %.1fs, score %.1fs, verify %.1fs)",
+                plan.index,
+                r.rows,
+                r.generate_s,
+                r.score_s,
+                r.verify_s,
+            )
+        done.append(outcome)
+        if announce:
+            progress.emit("shard.finished", index=plan.index)
+
+    with ThreadPoolExecutor(1, thread_name_prefix="expo-verify") as verifier:
+        for plan in plans:
+            try:
+                engine = (
+                    get_engine(cfg.model, seed=cfg.generation.sampling.seed) if st.needs_engine(run, plan) else None
+                )
+                generated = st.generate_shard(cfg, run, plan, engine, pool)
+            except Exception as e:
+                # A crashed engine is not reused: the retry (or the next batch) loads a fresh one.
+                release_engines()
+                failure = ShardStageError(plan.index, type(e).__name__, str(e))
+                break
+            if generated.skipped:
+                done.append(generated)
+                if announce:
+                    progress.emit("shard.finished", index=plan.index)
+                continue
+            outstanding.append((plan, verifier.submit(st.finish_shard, cfg, run, plan, pool)))
+            limit = MAX_PENDING_VERIFICATIONS if v.overlap else 0
+            try:
+                while len(outstanding) > limit:
+                    collect(*outstanding.pop(0))
+            except ShardStageError as e:
+                failure = e
+                break
+        # The shards already generated are verified and kept, even when a later one failed.
+        for plan, future in outstanding:
+            try:
+                collect(plan, future)
+            except ShardStageError as e:
+                failure = failure or e
+    if failure is not None:
+        raise failure
+    return sorted(done, key=lambda o: o.index)
 
 
-def _shard_failed(cfg: RunConfig, plan: st.ShardPlan, e: BaseException) -> ShardFailedError:
+@task(
+    name="run-shards", cache_policy=BATCH_CACHE, persist_result=True, task_run_name="shards-{batch.first}-{batch.last}"
+)
+def shards_task(cfg: RunConfig, run: RunDir, batch: ShardBatch, announce: bool = True) -> list[ShardOutcome]:
+    """A batch of shards on this process's (or this Ray worker's) engine and verifier pool."""
+    return run_batch(cfg, run, list(batch.plans), announce)
+
+
+def _shard_failed(cfg: RunConfig, batch: ShardBatch, e: BaseException) -> ShardFailedError:
+    index = e.index if isinstance(e, ShardStageError) else batch.first
+    plan = next((p for p in batch.plans if p.index == index), batch.plans[0])
+    cause = str(e) if isinstance(e, ShardStageError) else f"{type(e).__name__}: {e}"
     return ShardFailedError(
-        f"shard {plan.index} (problems {plan.start}..{plan.stop - 1}) failed after "
-        f"{cfg.retries.shards + 1} tries: {type(e).__name__}: {e}. Finished shards are kept; "
-        "rerun the same command to resume."
+        f"shard {plan.index} (problems {plan.start}..{plan.stop - 1}) failed after {cfg.retries.shards + 1} tries: "
+        f"{cause}. Finished shards are kept; rerun the same command to resume."
     )
 
 
@@ -90,46 +188,16 @@ def _with_retries(cfg: RunConfig, t: Any) -> Any:
     return t.with_options(retries=cfg.retries.shards, retry_delay_seconds=cfg.retries.delay_s)
 
 
-# Verifier stages allowed to wait behind the engine before it pauses: enough to keep the engine
-# busy, few enough that a slow verifier does not let pending shards pile up.
-MAX_PENDING_VERIFICATIONS = 2
-
-
 def run_shards_local(cfg: RunConfig, run: RunDir, plans: list[st.ShardPlan]) -> list[ShardOutcome]:
-    """Shards on this process's engine, overlapped: while shard k is verified (in the verifier's
-    processes, from a Prefect worker thread), the engine generates and scores shard k+1. With
-    ``verifier.overlap: false`` each shard is verified before the next is generated."""
-    generate_t, verify_t = _with_retries(cfg, generate_shard_task), _with_retries(cfg, verify_shard_task)
-    results: dict[int, ShardOutcome] = {}
-    outstanding: list[tuple[st.ShardPlan, Any]] = []
-
-    def collect(plan: st.ShardPlan, future: Any) -> None:
+    """Shards on this process's engine, a batch per task, one batch after the other."""
+    shards_t = _with_retries(cfg, shards_task)
+    results: list[ShardOutcome] = []
+    for batch in batches(plans, batch_size(cfg, len(plans), 1)):
         try:
-            results[plan.index] = future.result()
+            results += shards_t(cfg, run, batch)
         except Exception as e:
-            raise _shard_failed(cfg, plan, e) from e
-        progress.emit("shard.finished", index=plan.index)
-
-    for plan in plans:
-        try:
-            generated = generate_t(cfg, run, plan)
-        except Exception as e:
-            # Let the shards already generated be verified and kept before stopping.
-            for p, f in outstanding:
-                with contextlib.suppress(Exception):
-                    collect(p, f)
-            raise _shard_failed(cfg, plan, e) from e
-        if generated.skipped:
-            results[plan.index] = generated
-            progress.emit("shard.finished", index=plan.index)
-            continue
-        outstanding.append((plan, verify_t.submit(cfg, run, plan, generated)))
-        limit = MAX_PENDING_VERIFICATIONS if cfg.verifier.overlap else 0
-        while len(outstanding) > limit:
-            collect(*outstanding.pop(0))
-    while outstanding:
-        collect(*outstanding.pop(0))
-    return [results[p.index] for p in plans]
+            raise _shard_failed(cfg, batch, e) from e
+    return results
 
 
 def _ray_gpus_per_engine(cfg: RunConfig) -> float:
@@ -144,13 +212,24 @@ def _ray_gpus_per_engine(cfg: RunConfig) -> float:
 ENGINE_RESOURCE = "expo_engine"
 
 
+def _ray_engines(cfg: RunConfig, gpus: float) -> int:
+    """How many engine tasks the cluster runs at once, to size the batches."""
+    import ray
+
+    if cfg.ray.max_engines is not None:
+        return cfg.ray.max_engines
+    resources = ray.cluster_resources()
+    if gpus > 0:
+        return max(1, int(resources.get("GPU", 0) // gpus))
+    return max(1, int(resources.get("CPU", 1) // cfg.ray.cpus_per_engine))
+
+
 def run_shards_ray(cfg: RunConfig, run: RunDir, plans: list[st.ShardPlan]) -> list[ShardOutcome]:
-    """Shards on a Ray cluster through prefect-ray. Engine stages ask for ``gpus_per_engine`` GPUs
-    (the model's tensor-parallel size) and run with ``max_calls=0``, so Ray keeps reusing the same
-    worker processes and each keeps its engine loaded across shards (Ray's default for GPU tasks is a
-    fresh process per call, which would reload the model every shard). Verifier stages need no GPU
-    and run as soon as their shard is generated, beside the engines. The run dir must be on a
-    filesystem every worker sees."""
+    """Batches of shards on a Ray cluster through prefect-ray. A batch task asks for
+    ``gpus_per_engine`` GPUs (the model's tensor-parallel size) and runs with ``max_calls=0``, so
+    Ray keeps reusing the same worker processes and each keeps its engine and verifier pool across
+    batches (Ray's default for GPU tasks is a fresh process per call, which would reload the model
+    every time). The run dir must be on a filesystem every worker sees."""
     try:
         from prefect_ray import RayTaskRunner
         from prefect_ray.context import remote_options
@@ -163,35 +242,35 @@ def run_shards_ray(cfg: RunConfig, run: RunDir, plans: list[st.ShardPlan]) -> li
     if cfg.ray.address is None and cfg.ray.num_cpus is not None:
         init_kwargs["num_cpus"] = cfg.ray.num_cpus
     engine_slots: dict[str, float] = {}
-    if cfg.ray.max_engines is not None:  # a custom resource only engine stages ask for
+    if cfg.ray.max_engines is not None:  # a custom resource only engine tasks ask for
         init_kwargs["resources"] = {ENGINE_RESOURCE: cfg.ray.max_engines}
         engine_slots = {ENGINE_RESOURCE: 1}
-    generate_t, verify_t = _with_retries(cfg, generate_shard_task), _with_retries(cfg, verify_shard_task)
+    shards_t = _with_retries(cfg, shards_task)
     with RayTaskRunner(address=cfg.ray.address, init_kwargs=init_kwargs) as runner:
         gpus = _ray_gpus_per_engine(cfg)
-        get_run_logger().info("ray: %s, %s GPU(s) per engine", runner.address or "local cluster", gpus)
-        generated = []
+        engines = _ray_engines(cfg, gpus)
+        todo = batches(plans, batch_size(cfg, len(plans), engines))
+        get_run_logger().info(
+            "ray: %s, %s GPU(s) per engine, %d engine(s) at once, %d task(s) of up to %d shards",
+            runner.address or "local cluster",
+            gpus,
+            engines,
+            len(todo),
+            len(todo[0].plans),
+        )
         with remote_options(num_cpus=cfg.ray.cpus_per_engine, num_gpus=gpus, max_calls=0, resources=engine_slots):
-            for plan in plans:
-                generated.append(runner.submit(generate_t, {"cfg": cfg, "run": run, "plan": plan}))
-        verified = []
-        with remote_options(num_cpus=1, max_calls=0):
-            for plan, g in zip(plans, generated, strict=True):
-                verified.append(runner.submit(verify_t, {"cfg": cfg, "run": run, "plan": plan, "generated": g}))
-        results = []
+            futures = [runner.submit(shards_t, {"cfg": cfg, "run": run, "batch": b, "announce": False}) for b in todo]
+        results: list[ShardOutcome] = []
         failure: ShardFailedError | None = None
-        for plan, g, v in zip(plans, generated, verified, strict=True):
+        for batch, future in zip(todo, futures, strict=True):
             try:
-                results.append(v.result())
-                progress.emit("shard.finished", index=plan.index)
+                outcomes = future.result()
             except Exception as e:
-                # The engine stage's error says more than the verifier's "upstream failed".
-                cause: BaseException = e
-                try:
-                    g.result()
-                except Exception as engine_error:
-                    cause = engine_error
-                failure = failure or _shard_failed(cfg, plan, cause)
+                failure = failure or _shard_failed(cfg, batch, e)
+                continue
+            results += outcomes
+            for o in outcomes:  # the workers' events do not reach this process's listeners
+                progress.emit("shard.finished", index=o.index)
         if failure is not None:
             raise failure
     return results

@@ -33,6 +33,15 @@ def questa_fractions(run: RunDir) -> dict[str, float]:
     return {v.label: v.p for v in conditionings.variants(doc.config) if v.kind == "partial_solution" and v.p}
 
 
+def forget_outputs_key(run: RunDir) -> None:
+    """The tables are about to change: until run.json records what they were made from again, a
+    rerun must not take them as current (a build killed halfway, a rebuild with other settings)."""
+    doc = run.read_doc()
+    if doc is not None and doc.outputs_key is not None:
+        doc.outputs_key = None
+        run.write_doc(doc)
+
+
 BUILD_BATCH_ROWS = 20_000  # samples rows built together: bounds memory, and parts per table
 
 
@@ -63,6 +72,7 @@ def build_datasets(run: RunDir, cfg: BuildConfig) -> BuildStats:
     lazily, and only the problems it names are read, so peak memory follows the batch, not the run.
     Each batch is built once with no rule and once per funnel step (:func:`pipeline.curation.chain`);
     the last applied step's tables are written."""
+    forget_outputs_key(run)
     index = ProblemIndex(run.problems)
     fractions = questa_fractions(run)
     staging = {name: run.root / f".{name}.new" for name in schemas.DATASETS}

@@ -409,7 +409,13 @@ class RunConfig(Strict):
         description="what the explanation-like requests are conditioned on; ExPO's answer by default",
     )
     build: BuildConfig = Field(default_factory=BuildConfig)
-    shard_size: int = Field(default=64, ge=1, description="problems per shard task")
+    shard_size: int = Field(default=64, ge=1, description="problems per shard")
+    shards_per_task: int | None = Field(
+        default=None,
+        ge=1,
+        description="shards per Prefect task (and Ray task), run one after the other with their verifier stages "
+        "overlapped; null: as many as keep every engine busy, at most 32",
+    )
     retries: RetriesConfig = Field(default_factory=RetriesConfig)
     publish: PublishConfig | None = None
     executor: Literal["local", "ray"] = Field(

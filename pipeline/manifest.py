@@ -61,6 +61,7 @@ NEUTRAL_KEYS = (
     "retries",
     "executor",
     "ray",
+    "shards_per_task",
 )
 # Keys that change which problems a shard holds, not how a problem's rows are made: the shard key
 # covers them through the problems' content instead. ``model.path`` is covered by the model's
@@ -297,6 +298,7 @@ class RunResults:
     build: BuildStats
     timings: Timings
     engine: EngineInfo
+    outputs_key: str | None = None  # pipeline.rerun.outputs_key
 
 
 def finish_run(cfg: RunConfig, run: RunDir, results: RunResults) -> RunDoc:
@@ -339,6 +341,7 @@ def finish_run(cfg: RunConfig, run: RunDir, results: RunResults) -> RunDoc:
         sampling=describe_sampling(cfg.generation, cfg.model.path, cfg.model.revision),
         tables=table_manifest(run),
         timings=results.timings,
+        outputs_key=results.outputs_key,
     )
     run.write_doc(doc)
     return doc

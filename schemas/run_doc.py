@@ -297,6 +297,9 @@ class RunDoc(Section):
     tables: dict[str, TableEntry] = Field(default_factory=dict)
     timings: Timings | None = None
     rebuilt_from: RebuiltFrom | None = None
+    # What the derived tables, summary and report were made from (pipeline.manifest.outputs_key):
+    # a rerun that generates nothing and finds the same key and every file leaves them as they are.
+    outputs_key: str | None = None
 
     def rows(self, table: str) -> int | None:
         """Rows of a table as the manifest records them (None when the table is not there)."""

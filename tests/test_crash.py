@@ -147,7 +147,7 @@ def test_an_engine_crash_is_retried_with_a_fresh_engine_and_a_persistent_one_nam
 def test_prefect_cache_key_follows_our_done_marker(quickstart_run, tmp_path):
     import shutil
 
-    from flows.executors import RESULT_FORMAT, _shard_cache_key
+    from flows.executors import RESULT_FORMAT, _batch_cache_key, batches
     from pipeline import __version__
     from pipeline import stages as gen
     from pipeline.config import load_config
@@ -155,14 +155,16 @@ def test_prefect_cache_key_follows_our_done_marker(quickstart_run, tmp_path):
 
     cfg = load_config(ROOT / "data" / "quickstart.yaml", [f"output_dir={quickstart_run.root}"])
     plans = gen.plan_shards(cfg, quickstart_run)
-    key = _shard_cache_key(None, {"plan": plans[0], "run": quickstart_run})
-    assert plans[0].key in key and key.endswith(f"{__version__}-{RESULT_FORMAT}")
+    first, both = batches(plans[:1], 1)[0], batches(plans[:2], 2)[0]
+    key = _batch_cache_key(None, {"batch": first, "run": quickstart_run})
+    assert key.endswith(f"{__version__}-{RESULT_FORMAT}")
+    assert _batch_cache_key(None, {"batch": both, "run": quickstart_run}) not in (None, key)  # keys of all its shards
     copy = RunDir(shutil.copytree(quickstart_run.root, tmp_path / "copy"))
-    other = _shard_cache_key(None, {"plan": plans[0], "run": copy})
+    other = _batch_cache_key(None, {"batch": first, "run": copy})
     assert other is not None and other != key  # one run's cache never answers for another's
-    quickstart_run_shard = copy.shard(plans[0].index)
-    quickstart_run_shard.unlink()
-    assert _shard_cache_key(None, {"plan": plans[0], "run": copy}) is None  # not on disk: no cache hit
+    copy.shard(plans[1].index).unlink()
+    assert _batch_cache_key(None, {"batch": first, "run": copy}) == other
+    assert _batch_cache_key(None, {"batch": both, "run": copy}) is None  # a shard not on disk: no cache hit
 
 
 def _temporary_server(proc: subprocess.Popen, timeout: float = 120):
