@@ -70,16 +70,26 @@ class ShardStageError(Exception):
         return f"{self.kind}: {self.message}"
 
 
-def batches(plans: list[st.ShardPlan], size: int) -> list[ShardBatch]:
-    return [ShardBatch(tuple(plans[i : i + size])) for i in range(0, len(plans), size)]
+def batches(plans: list[st.ShardPlan], count: int) -> list[ShardBatch]:
+    """``plans`` in ``count`` consecutive batches whose sizes differ by one at most."""
+    count = max(1, min(count, len(plans)))
+    size, extra = divmod(len(plans), count)
+    out, start = [], 0
+    for i in range(count):
+        stop = start + size + (i < extra)
+        out.append(ShardBatch(tuple(plans[start:stop])))
+        start = stop
+    return out
 
 
-def batch_size(cfg: RunConfig, shards: int, engines: int) -> int:
-    """``shards_per_task``, or enough batches for every engine to take about four (so the last
-    ones finish close together), of at most 32 shards."""
+def batch_count(cfg: RunConfig, shards: int, engines: int) -> int:
+    """How many tasks the shards go in: ``shards / shards_per_task``; unset, a multiple of the
+    engines, at least four batches each (so no engine waits long for the last ones) and batches of
+    at most 32 shards."""
     if cfg.shards_per_task is not None:
-        return cfg.shards_per_task
-    return max(1, min(MAX_AUTO_SHARDS_PER_TASK, math.ceil(shards / (4 * max(engines, 1)))))
+        return math.ceil(shards / cfg.shards_per_task)
+    engines = max(engines, 1)
+    return engines * max(4, math.ceil(shards / (engines * MAX_AUTO_SHARDS_PER_TASK)))
 
 
 def _batch_cache_key(context: Any, parameters: dict[str, Any]) -> str | None:
@@ -192,7 +202,7 @@ def run_shards_local(cfg: RunConfig, run: RunDir, plans: list[st.ShardPlan]) -> 
     """Shards on this process's engine, a batch per task, one batch after the other."""
     shards_t = _with_retries(cfg, shards_task)
     results: list[ShardOutcome] = []
-    for batch in batches(plans, batch_size(cfg, len(plans), 1)):
+    for batch in batches(plans, batch_count(cfg, len(plans), 1)):
         try:
             results += shards_t(cfg, run, batch)
         except Exception as e:
@@ -249,7 +259,7 @@ def run_shards_ray(cfg: RunConfig, run: RunDir, plans: list[st.ShardPlan]) -> li
     with RayTaskRunner(address=cfg.ray.address, init_kwargs=init_kwargs) as runner:
         gpus = _ray_gpus_per_engine(cfg)
         engines = _ray_engines(cfg, gpus)
-        todo = batches(plans, batch_size(cfg, len(plans), engines))
+        todo = batches(plans, batch_count(cfg, len(plans), engines))
         get_run_logger().info(
             "ray: %s, %s GPU(s) per engine, %d engine(s) at once, %d task(s) of up to %d shards",
             runner.address or "local cluster",

@@ -17,7 +17,7 @@ from pipeline.engines import Engine, Request, Result, Sampling, derive_seed
 from pipeline.leaks import detect_leak
 from pipeline.manifest import model_label
 from pipeline.prompts import Message, PromptTemplate, encode_chat, get_template
-from pipeline.sampling import model_generation_config
+from pipeline.sampling import request_defaults
 from pipeline.sampling import resolve as resolve_sampling
 from pipeline.scoring import NO_SCORES, ScoreCounts, ScoreInput, Scores, score_texts, surely_gold
 from pipeline.text import storable
@@ -93,7 +93,7 @@ def build_requests(
     call (``abstract_hint`` waits for its hints: :func:`hinted_requests`). A problem a conditioning
     cannot serve (no expert solution to cut) gets no request of it."""
     gen = cfg.generation
-    model = model_generation_config(cfg.model.path, cfg.model.revision)
+    model = request_defaults(cfg.generation, cfg.model.path, cfg.model.revision)
     system = cfg.prompts.system
     requests: list[Request] = []
     meta: dict[str, RequestMeta] = {}
@@ -151,7 +151,7 @@ def hint_requests(
     problems: list[dict[str, Any]], cfg: RunConfig, engine: Engine
 ) -> tuple[list[Request], dict[str, HintMeta]]:
     """NuRL's first request, per problem and ``abstract_hint`` variant: question and gold in, one hint out."""
-    model = model_generation_config(cfg.model.path, cfg.model.revision)
+    model = request_defaults(cfg.generation, cfg.model.path, cfg.model.revision)
     params = cfg.generation.explanation_params
     requests: list[Request] = []
     meta: dict[str, HintMeta] = {}
@@ -215,7 +215,7 @@ def hinted_requests(
     template: PromptTemplate,
 ) -> tuple[list[Request], dict[str, RequestMeta]]:
     """NuRL's second request: the plain prompt with the problem's usable hint in the slot."""
-    model = model_generation_config(cfg.model.path, cfg.model.revision)
+    model = request_defaults(cfg.generation, cfg.model.path, cfg.model.revision)
     usable = {(h["problem_id"], h["conditioning"]): h["hint"] for h in hints if h["usable"]}
     requests: list[Request] = []
     meta: dict[str, RequestMeta] = {}

@@ -18,7 +18,7 @@ from __future__ import annotations
 from functools import lru_cache
 from typing import Any
 
-from pipeline.config import SamplingConfig
+from pipeline.config import GenerationConfig, SamplingConfig
 from pipeline.errors import ConfigError
 
 # The parameters both engines implement alike, and their neutral values (0 = off for top_k/min_p).
@@ -54,10 +54,10 @@ NOT_SAMPLING = {
 
 @lru_cache(maxsize=16)
 def _load(path: str, revision: str | None) -> tuple[tuple[str, Any], ...]:
-    from transformers import GenerationConfig
+    from transformers import GenerationConfig as HFGenerationConfig
 
     try:
-        values = GenerationConfig.from_pretrained(path, revision=revision).to_diff_dict()
+        values = HFGenerationConfig.from_pretrained(path, revision=revision).to_diff_dict()
     except OSError:  # no generation_config.json: nothing to apply
         return ()
     return tuple(sorted((k, v) for k, v in values.items() if k != "transformers_version"))
@@ -68,11 +68,21 @@ def model_generation_config(path: str, revision: str | None = None) -> dict[str,
     return dict(_load(path, revision))
 
 
+def request_defaults(gen: GenerationConfig, path: str, revision: str | None = None) -> dict[str, Any]:
+    """The model file's values that requests need: none unless a sampling block applies them.
+    (Reading the file goes through transformers' GenerationConfig, whose import pulls in torch:
+    seconds of CPU in every worker process for a file a run that ignores it never uses.)"""
+    blocks = [gen.sampling, gen.explanation_sampling]
+    if any(b is not None and b.model_defaults == "apply" for b in blocks):
+        return model_generation_config(path, revision)
+    return {}
+
+
 def _unsupported(model: dict[str, Any]) -> dict[str, Any]:
     """Keys of the model's file that change sampling beyond the five, with non-neutral values."""
-    from transformers import GenerationConfig
+    from transformers import GenerationConfig as HFGenerationConfig
 
-    neutral = GenerationConfig()._get_default_generation_params()
+    neutral = HFGenerationConfig()._get_default_generation_params()
     return {
         k: v
         for k, v in model.items()

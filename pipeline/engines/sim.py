@@ -2,7 +2,7 @@
 
 It implements the engine protocol as the real engines do, scoring included, so a shard goes through
 exactly the same stages (render, generate, score, verify, write). It loads only the tokenizer of
-``model.path`` (prompts are rendered and tokenised for real) and no weights. Each ``generate`` call
+``model.path`` (its fast tokenizer: prompts are rendered and tokenised for real) and no weights. Each ``generate`` call
 sleeps ``model.sim.seconds_per_call`` (sleeping, not computing, so a 2-core machine can run eight
 of them side by side) and returns texts of ``model.sim.text_tokens`` tokens; each ``score`` call
 sleeps ``model.sim.score_seconds_per_call``.
@@ -35,15 +35,16 @@ class SimEngine:
 
     def __init__(self, cfg: ModelConfig, seed: int = 0):
         """``seed`` is unused: every request carries its own."""
-        from transformers import AutoTokenizer
+        # The fast tokenizer class itself, not AutoTokenizer: the same tokenizer.json and chat
+        # template, without importing torch (AutoTokenizer's module imports it), which cost every
+        # worker of a scaling benchmark 5 s of CPU that no shard ever used.
+        from transformers import PreTrainedTokenizerFast
 
         from pipeline.config import SimConfig
 
         self.model_id = cfg.path
         self.sim = cfg.sim or SimConfig()
-        self.tokenizer = AutoTokenizer.from_pretrained(
-            cfg.path, revision=cfg.revision, trust_remote_code=cfg.trust_remote_code
-        )
+        self.tokenizer = PreTrainedTokenizerFast.from_pretrained(cfg.path, revision=cfg.revision)
         self.max_model_len = cfg.max_model_len or 4096
         self._texts: dict[tuple[str, int], tuple[str, list[int]]] = {}
 

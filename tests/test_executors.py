@@ -1,0 +1,39 @@
+"""How shards are grouped into tasks: even batches, enough of them for every engine."""
+
+from __future__ import annotations
+
+from hypothesis import given
+from hypothesis import strategies as st
+
+from flows.executors import MAX_AUTO_SHARDS_PER_TASK, batch_count, batches
+from pipeline.config import config_from_dict
+from pipeline.stages import ShardPlan
+
+
+def _cfg(**extra):
+    return config_from_dict({"output_dir": "/tmp/x", "model": {"path": "m"}, "problems": {"source": "p"}, **extra})
+
+
+@given(st.integers(1, 3000), st.integers(1, 16), st.one_of(st.none(), st.integers(1, 50)))
+def test_batches_cover_every_shard_once_in_order_and_even(shards, engines, per_task):
+    cfg = _cfg(shards_per_task=per_task)
+    plans = [ShardPlan(i, 4 * i, 4 * i + 4, f"k{i}") for i in range(shards)]
+    out = batches(plans, batch_count(cfg, shards, engines))
+    assert [p for b in out for p in b.plans] == plans
+    sizes = [len(b.plans) for b in out]
+    assert max(sizes) - min(sizes) <= 1 and min(sizes) >= 1
+    if per_task is not None:
+        assert max(sizes) <= per_task and len(out) == -(-shards // per_task)
+    else:
+        assert max(sizes) <= MAX_AUTO_SHARDS_PER_TASK
+        # every engine gets the same number of batches (at least four) while there are shards for them
+        assert len(out) == min(shards, len(out)) and (len(out) % engines == 0 or len(out) == shards)
+        assert len(out) >= min(shards, 4 * engines)
+
+
+def test_two_hundred_shards_on_eight_engines_give_each_engine_25():
+    plans = [ShardPlan(i, i, i + 1, "k") for i in range(200)]
+    out = batches(plans, batch_count(_cfg(), 200, 8))
+    assert len(out) == 32 and sorted({len(b.plans) for b in out}) == [6, 7]
+    # taken in turn, four batches per engine hold 25 shards each
+    assert {sum(len(out[e + 8 * k].plans) for k in range(4)) for e in range(8)} == {25}
