@@ -19,6 +19,8 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
+import pyarrow as pa
+
 import schemas
 from pipeline import __version__, conditionings
 from pipeline.comparison import compare_run
@@ -124,13 +126,18 @@ def _at(data: dict[str, Any], dotted: str) -> Any:
     return data
 
 
+# The problems' columns a shard's key covers. The expert solution is scored, and QuestA shows part of it.
+KEY_COLUMNS = ["problem_id", "question", "answer", "level", "subject", "expert_solution"]
+
+
 def shard_keys(
-    cfg: RunConfig, model_fp: str, template: PromptTemplate, problems: list[dict[str, Any]], size: int
+    cfg: RunConfig, model_fp: str, template: PromptTemplate, problems: list[dict[str, Any]] | pa.Table, size: int
 ) -> list[str]:
     """The key of each shard of ``size`` problems: a hash of everything that determines its rows,
     problem text included (an edited question under the same id must not reuse old samples). The
     part every shard shares is serialised once, so planning 10,000 shards hashes their problems and
-    little else."""
+    little else. ``problems`` may be an Arrow table (of :data:`KEY_COLUMNS` at least), turned into
+    Python rows one shard at a time: 40,000 problems as dicts at once stay in the process's memory."""
     shared = {
         "config": output_config(cfg),
         "model": [model_fp, model_label(cfg.model.path)],
@@ -141,11 +148,12 @@ def shard_keys(
     head = json.dumps(shared, sort_keys=True)
     keys = []
     for start in range(0, len(problems), size):
-        # The expert solution is scored, and QuestA shows part of it.
-        rows = [
-            [p["problem_id"], p["question"], p["answer"], p["level"], p["subject"], p["expert_solution"]]
-            for p in problems[start : start + size]
-        ]
+        part = (
+            problems.slice(start, size).to_pylist()
+            if isinstance(problems, pa.Table)
+            else problems[start : start + size]
+        )
+        rows = [[p[c] for c in KEY_COLUMNS] for p in part]
         payload = head + json.dumps(rows)
         keys.append(hashlib.sha256(payload.encode()).hexdigest()[:24])
     return keys

@@ -36,7 +36,7 @@ from pipeline.completions import (
 from pipeline.config import RunConfig
 from pipeline.engines import Engine, Request, Result, derive_seed
 from pipeline.errors import RunDirError
-from pipeline.manifest import ShardOutcome, describe_engine, model_fingerprint, model_label, shard_keys
+from pipeline.manifest import KEY_COLUMNS, ShardOutcome, describe_engine, model_fingerprint, model_label, shard_keys
 from pipeline.problem_table import problem_rows
 from pipeline.prompts import get_template
 from pipeline.scoring import NO_SCORES, ScoreCounts
@@ -64,14 +64,14 @@ class ShardPlan:
 
 
 def plan_shards(cfg: RunConfig, run: RunDir) -> list[ShardPlan]:
-    problems = read_table(run.problems, "problems").to_pylist()
+    problems = read_table(run.problems, "problems").select(KEY_COLUMNS)
     template = get_template(cfg.prompts.template)
     fp = model_fingerprint(cfg.model.path, cfg.model.revision)
     keys = shard_keys(cfg, fp, template, problems, cfg.shard_size)
     plans = []
     for index, (start, key) in enumerate(zip(range(0, len(problems), cfg.shard_size), keys, strict=True)):
         plans.append(ShardPlan(index, start, min(start + cfg.shard_size, len(problems)), key))
-    progress.emit("shards.planned", total=len(plans), problems=len(problems))
+    progress.emit("shards.planned", total=len(plans), problems=problems.num_rows)
     return plans
 
 
