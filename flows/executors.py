@@ -82,14 +82,15 @@ def batches(plans: list[st.ShardPlan], count: int) -> list[ShardBatch]:
     return out
 
 
-def batch_count(cfg: RunConfig, shards: int, engines: int) -> int:
+def batch_count(cfg: RunConfig, shards: int, engines: int, per_engine: int = 4) -> int:
     """How many tasks the shards go in: ``shards / shards_per_task``; unset, a multiple of the
-    engines, at least four batches each (so no engine waits long for the last ones) and batches of
-    at most 32 shards."""
+    engines, at least ``per_engine`` batches each (on Ray four, so no engine waits long for the
+    last ones; locally one, as the next batch cannot start before this one's last shard is
+    verified) and batches of at most 32 shards."""
     if cfg.shards_per_task is not None:
         return math.ceil(shards / cfg.shards_per_task)
     engines = max(engines, 1)
-    return engines * max(4, math.ceil(shards / (engines * MAX_AUTO_SHARDS_PER_TASK)))
+    return engines * max(per_engine, math.ceil(shards / (engines * MAX_AUTO_SHARDS_PER_TASK)))
 
 
 def _batch_cache_key(context: Any, parameters: dict[str, Any]) -> str | None:
@@ -202,7 +203,7 @@ def run_shards_local(cfg: RunConfig, run: RunDir, plans: list[st.ShardPlan]) -> 
     """Shards on this process's engine, a batch per task, one batch after the other."""
     shards_t = _with_retries(cfg, shards_task)
     results: list[ShardOutcome] = []
-    for batch in batches(plans, batch_count(cfg, len(plans), 1)):
+    for batch in batches(plans, batch_count(cfg, len(plans), 1, per_engine=1)):
         try:
             results += shards_t(cfg, run, batch)
         except Exception as e:

@@ -414,7 +414,7 @@ class RunConfig(Strict):
         default=None,
         ge=1,
         description="shards per Prefect task (and Ray task), run one after the other with their verifier stages "
-        "overlapped; null: as many as keep every engine busy, at most 32",
+        "overlapped; null: on Ray four batches per engine, locally one, more where a batch would pass 32 shards",
     )
     retries: RetriesConfig = Field(default_factory=RetriesConfig)
     publish: PublishConfig | None = None

@@ -14,11 +14,11 @@ def _cfg(**extra):
     return config_from_dict({"output_dir": "/tmp/x", "model": {"path": "m"}, "problems": {"source": "p"}, **extra})
 
 
-@given(st.integers(1, 3000), st.integers(1, 16), st.one_of(st.none(), st.integers(1, 50)))
-def test_batches_cover_every_shard_once_in_order_and_even(shards, engines, per_task):
+@given(st.integers(1, 3000), st.integers(1, 16), st.one_of(st.none(), st.integers(1, 50)), st.sampled_from([1, 4]))
+def test_batches_cover_every_shard_once_in_order_and_even(shards, engines, per_task, per_engine):
     cfg = _cfg(shards_per_task=per_task)
     plans = [ShardPlan(i, 4 * i, 4 * i + 4, f"k{i}") for i in range(shards)]
-    out = batches(plans, batch_count(cfg, shards, engines))
+    out = batches(plans, batch_count(cfg, shards, engines, per_engine))
     assert [p for b in out for p in b.plans] == plans
     sizes = [len(b.plans) for b in out]
     assert max(sizes) - min(sizes) <= 1 and min(sizes) >= 1
@@ -28,7 +28,12 @@ def test_batches_cover_every_shard_once_in_order_and_even(shards, engines, per_t
         assert max(sizes) <= MAX_AUTO_SHARDS_PER_TASK
         # every engine gets the same number of batches (at least four) while there are shards for them
         assert len(out) == min(shards, len(out)) and (len(out) % engines == 0 or len(out) == shards)
-        assert len(out) >= min(shards, 4 * engines)
+        assert len(out) >= min(shards, per_engine * engines)
+
+
+def test_the_local_executor_keeps_a_small_run_in_one_batch_so_every_shard_overlaps():
+    assert batch_count(_cfg(), 5, 1, per_engine=1) == 1
+    assert batch_count(_cfg(), 200, 1, per_engine=1) == 7  # batches of at most 32
 
 
 def test_two_hundred_shards_on_eight_engines_give_each_engine_25():
