@@ -5,15 +5,18 @@ the verifier stage (``pipeline.stages``), verifying shard k in a thread while th
 shard k+1. A batch rather than a shard per task: a Prefect task run costs the flow and its API about
 0.2 s of CPU and a Ray task a dispatch, which at thousands of one-second shards was most of the
 run; and the shard's verifier stage in its engine's process keeps a Ray cluster at one worker
-process per engine, each with its verifier pool. A retried batch skips the shards it finished, so
-retries still redo only what is missing. Both executors turn a shard that fails every try into one
-:class:`ShardFailedError` naming it, after the shards already generated have been verified and kept.
+process per engine, each with its verifier pool. A failing stage is retried within the batch, per
+shard (:func:`run_batch` says why not by retrying the task). Both executors turn a shard that fails
+every try into one :class:`ShardFailedError` naming it, after the shards already generated have been
+verified and kept.
 """
 
 from __future__ import annotations
 
 import hashlib
 import math
+import time
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
@@ -112,21 +115,56 @@ BATCH_CACHE = CachePolicy.from_cache_key_fn(_batch_cache_key)
 def run_batch(cfg: RunConfig, run: RunDir, plans: list[st.ShardPlan], announce: bool = True) -> list[ShardOutcome]:
     """Both stages of every shard in ``plans`` on this process's long-lived engine and verifier
     pool, overlapped: while shard k is verified (in the pool's processes, from a thread), the engine
-    generates and scores shard k+1; with ``verifier.overlap: false`` one after the other. A failing
-    shard stops the batch once the shards generated before it are verified and kept. ``announce``:
-    emit ``shard.finished`` here (where the flow's listeners are) rather than in the flow."""
-    v = cfg.verifier
+    generates and scores shard k+1; with ``verifier.overlap: false`` one after the other.
+
+    A failing stage is retried here, per shard (``retries.shards`` times, ``retries.delay_s``
+    apart, a crashed engine replaced by a fresh one), not by retrying the task: a retried task would
+    find the shards it finished on disk and skip them, and their records (the stats run.json keeps
+    per shard) would be lost. A shard that fails every try stops the batch once the shards generated
+    before it are verified and kept. ``announce``: emit ``shard.finished`` here (where the flow's
+    listeners are) rather than in the flow."""
+    v, tries = cfg.verifier, cfg.retries.shards + 1
     pool = shared_pool(v.workers, v.timeout_s, v.extraction)
     logger = get_run_logger()
     done: list[ShardOutcome] = []
     outstanding: list[tuple[st.ShardPlan, Future[ShardOutcome]]] = []
     failure: ShardStageError | None = None
 
+    def retried(plan: st.ShardPlan, stage: str, call: Callable[[], ShardOutcome], first: int = 0) -> ShardOutcome:
+        """``call`` until it succeeds or the shard's tries (``first`` of them used) run out."""
+        for attempt in range(first, tries):
+            try:
+                return call()
+            except Exception as e:
+                if stage == "engine":  # a crashed engine is not reused: the next try loads a fresh one
+                    release_engines()
+                if attempt + 1 >= tries:
+                    raise ShardStageError(plan.index, type(e).__name__, str(e)) from e
+                logger.warning(
+                    "shard %d: %s stage failed (%s: %s); try %d of %d in %gs",
+                    plan.index,
+                    stage,
+                    type(e).__name__,
+                    e,
+                    attempt + 2,
+                    tries,
+                    cfg.retries.delay_s,
+                )
+                time.sleep(cfg.retries.delay_s)
+        raise AssertionError("unreachable")
+
+    def generate(plan: st.ShardPlan) -> ShardOutcome:
+        engine = get_engine(cfg.model, seed=cfg.generation.sampling.seed) if st.needs_engine(run, plan) else None
+        return st.generate_shard(cfg, run, plan, engine, pool)
+
     def collect(plan: st.ShardPlan, future: Future[ShardOutcome]) -> None:
         try:
             outcome = future.result()
         except Exception as e:
-            raise ShardStageError(plan.index, type(e).__name__, str(e)) from e
+            # The first try ran in the verifier thread; the others, if any, run here.
+            if tries == 1:
+                raise ShardStageError(plan.index, type(e).__name__, str(e)) from e
+            outcome = retried(plan, "verifier", lambda: st.finish_shard(cfg, run, plan, pool), first=1)
         if outcome.record is not None:
             r = outcome.record
             logger.info(
@@ -144,14 +182,9 @@ def run_batch(cfg: RunConfig, run: RunDir, plans: list[st.ShardPlan], announce: 
     with ThreadPoolExecutor(1, thread_name_prefix="expo-verify") as verifier:
         for plan in plans:
             try:
-                engine = (
-                    get_engine(cfg.model, seed=cfg.generation.sampling.seed) if st.needs_engine(run, plan) else None
-                )
-                generated = st.generate_shard(cfg, run, plan, engine, pool)
-            except Exception as e:
-                # A crashed engine is not reused: the retry (or the next batch) loads a fresh one.
-                release_engines()
-                failure = ShardStageError(plan.index, type(e).__name__, str(e))
+                generated = retried(plan, "engine", lambda plan=plan: generate(plan))
+            except ShardStageError as e:
+                failure = e
                 break
             if generated.skipped:
                 done.append(generated)
@@ -195,17 +228,12 @@ def _shard_failed(cfg: RunConfig, batch: ShardBatch, e: BaseException) -> ShardF
     )
 
 
-def _with_retries(cfg: RunConfig, t: Any) -> Any:
-    return t.with_options(retries=cfg.retries.shards, retry_delay_seconds=cfg.retries.delay_s)
-
-
 def run_shards_local(cfg: RunConfig, run: RunDir, plans: list[st.ShardPlan]) -> list[ShardOutcome]:
     """Shards on this process's engine, a batch per task, one batch after the other."""
-    shards_t = _with_retries(cfg, shards_task)
     results: list[ShardOutcome] = []
     for batch in batches(plans, batch_count(cfg, len(plans), 1, per_engine=1)):
         try:
-            results += shards_t(cfg, run, batch)
+            results += shards_task(cfg, run, batch)
         except Exception as e:
             raise _shard_failed(cfg, batch, e) from e
     return results
@@ -256,7 +284,6 @@ def run_shards_ray(cfg: RunConfig, run: RunDir, plans: list[st.ShardPlan]) -> li
     if cfg.ray.max_engines is not None:  # a custom resource only engine tasks ask for
         init_kwargs["resources"] = {ENGINE_RESOURCE: cfg.ray.max_engines}
         engine_slots = {ENGINE_RESOURCE: 1}
-    shards_t = _with_retries(cfg, shards_task)
     with RayTaskRunner(address=cfg.ray.address, init_kwargs=init_kwargs) as runner:
         gpus = _ray_gpus_per_engine(cfg)
         engines = _ray_engines(cfg, gpus)
@@ -270,7 +297,9 @@ def run_shards_ray(cfg: RunConfig, run: RunDir, plans: list[st.ShardPlan]) -> li
             len(todo[0].plans),
         )
         with remote_options(num_cpus=cfg.ray.cpus_per_engine, num_gpus=gpus, max_calls=0, resources=engine_slots):
-            futures = [runner.submit(shards_t, {"cfg": cfg, "run": run, "batch": b, "announce": False}) for b in todo]
+            futures = [
+                runner.submit(shards_task, {"cfg": cfg, "run": run, "batch": b, "announce": False}) for b in todo
+            ]
         results: list[ShardOutcome] = []
         failure: ShardFailedError | None = None
         for batch, future in zip(todo, futures, strict=True):

@@ -338,9 +338,10 @@ class BuildConfig(Strict):
 
 
 class RetriesConfig(Strict):
-    """Prefect retries of a shard task whose engine crashed (per-request errors never fail a shard)."""
+    """Retries of a shard whose stage failed (an engine crash; per-request errors never fail a
+    shard), within its batch's task, with a freshly loaded engine."""
 
-    shards: int = Field(default=1, ge=0, description="retries of a failed shard task")
+    shards: int = Field(default=1, ge=0, description="retries of a shard whose engine or verifier stage failed")
     delay_s: float = Field(default=10.0, ge=0, description="seconds between tries")
 
 

@@ -242,3 +242,34 @@ def test_a_shards_key_does_not_depend_on_where_the_model_folder_lies(tmp_path):
         fp = model_fingerprint(cfg.model.path, cfg.model.revision)
         keys.append(shard_key(cfg, fp, get_template(cfg.prompts.template), problems))
     assert keys[0] == keys[1] != keys[2]  # a renamed folder changes the `model` column, so the key
+
+
+class _CrashOnce(_Crashing):
+    """The real engine, dying once: on the second generate call of the run (shard 1's)."""
+
+    def generate(self, requests, call_seed=0):
+        _Crashing.calls += 1
+        if _Crashing.calls == 2:
+            raise RuntimeError("CUDA error: an illegal memory access was encountered (simulated)")
+        return self.inner.generate(requests, call_seed=call_seed)
+
+
+def test_a_shard_retried_inside_its_batch_keeps_every_shard_record(prefect_harness, tmp_path, monkeypatch):
+    """Shard 1 of a three-shard batch crashes once: the batch retries that shard, not the task, so
+    the record of shard 0 (finished before) still reaches run.json."""
+    from flows.generate import generate_flow
+    from pipeline import engines
+
+    config = str(ROOT / "data" / "quickstart.yaml")
+    settings = [f"output_dir={tmp_path / 'run'}", "model.engine=hf", "problems.limit=12", "shard_size=4"]
+    settings += ["generation.sampling.max_tokens=32", "retries.delay_s=0"]
+    load = engines.load_engine
+    engines.release_engines()  # a crashed engine is released: each load wraps a fresh real one
+    monkeypatch.setattr(engines, "load_engine", lambda model_cfg, seed=0: _CrashOnce(load(model_cfg, seed)))
+    _Crashing.calls = 0
+    doc = json.loads((Path(generate_flow(config, settings)) / "run.json").read_text())
+    assert _Crashing.calls == 4  # shards 0, 1 (crashed), 1 again, 2
+    assert doc["status"] == "complete" and sorted(doc["shards"], key=int) == ["0", "1", "2"]
+    assert doc["last_invocation"]["shards_generated"] == [0, 1, 2]
+    assert sum(s["problems"] for s in doc["shards"].values()) == 12
+    engines.release_engines()

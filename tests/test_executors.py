@@ -42,3 +42,36 @@ def test_two_hundred_shards_on_eight_engines_give_each_engine_25():
     assert len(out) == 32 and sorted({len(b.plans) for b in out}) == [6, 7]
     # taken in turn, four batches per engine hold 25 shards each
     assert {sum(len(out[e + 8 * k].plans) for k in range(4)) for e in range(8)} == {25}
+
+
+def test_a_verifier_stage_that_fails_once_is_retried_in_its_batch_and_one_that_keeps_failing_names_its_shard(
+    prefect_harness, tmp_path, monkeypatch
+):
+    import json
+
+    import pytest
+
+    from flows.generate import generate_flow
+    from pipeline import stages
+    from pipeline.errors import ShardFailedError
+
+    from .conftest import QUICKSTART
+
+    real, calls = stages.finish_shard, []
+
+    def flaky(cfg, run, plan, pool):
+        calls.append(plan.index)
+        if plan.index == 1 and calls.count(1) <= failures:
+            raise OSError("disk full (simulated)")
+        return real(cfg, run, plan, pool)
+
+    monkeypatch.setattr(stages, "finish_shard", flaky)
+    sim = ["model.engine=sim", "problems.limit=12", "shard_size=4", "retries.delay_s=0"]
+    failures = 1
+    run = generate_flow(str(QUICKSTART), [f"output_dir={tmp_path / 'a'}", *sim])
+    doc = json.loads((tmp_path / "a" / "run.json").read_text())
+    assert sorted(calls) == [0, 1, 1, 2] and sorted(doc["shards"], key=int) == ["0", "1", "2"] and run
+    failures, calls[:] = 5, []
+    with pytest.raises(ShardFailedError, match=r"shard 1 \(problems 4\.\.7\) failed after 2 tries: OSError: disk full"):
+        generate_flow(str(QUICKSTART), [f"output_dir={tmp_path / 'b'}", *sim])
+    assert calls.count(1) == 2 and 2 in calls  # shard 2, generated before, was still verified and kept
